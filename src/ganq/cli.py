@@ -1,0 +1,240 @@
+"""The ganq command line. The only module that imports typer/rich; torch is imported lazily (train/export)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ganq.errors import GanqError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Post-training quantization of GANs, deployed through ONNX.")
+# Piped output gets wide tables rather than rich's 80-column default.
+out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+def _fail(message: str, code: int = 1):
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handles_errors(fn):
+    """GanqError -> one line on stderr, exit 1; no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GanqError as e:
+            _fail(str(e).replace("\n", " "))
+        except KeyboardInterrupt:
+            _fail("interrupted; files already written are complete", 130)
+    return wrapper
+
+
+def _need_torch(what: str):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise GanqError(f"{what} needs PyTorch: pip install 'ganq[train]'") from None
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, justify="right" if c not in ("name", "tensor", "data set", "found in", "model") else "left")
+    for r in rows:
+        t.add_row(*[str(v) for v in r])
+    return t
+
+
+DataRoot = Annotated[Optional[Path], typer.Option("--data-root", help="Folder to look in first for data sets "
+                                                   "(then $GANQ_DATA, ~/.cache/ganq/datasets, /usr/share/datasets).")]
+
+
+@app.command()
+@handles_errors
+def datasets(data_root: DataRoot = None,
+             as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False):
+    """List the data sets ganq knows and where each was found."""
+    from ganq import data
+
+    rows = []
+    for name in data.names():
+        entry = data.get_entry(name)
+        found, looked = data.locate(name, data_root)
+        rows.append({"name": name, "shape": "x".join(map(str, entry.shape)), "found": str(found) if found else None,
+                     "description": entry.description, "how_to_get": None if found else entry.how_to_get})
+    if as_json:
+        out_console.print_json(json.dumps(rows))
+        return
+    out_console.print(_table("data sets", ["name", "shape", "found in", "description"],
+                             [[r["name"], r["shape"], r["found"] or "not found", r["description"]] for r in rows]))
+    err_console.print("own images: --dataset folder:PATH (class subfolders, or a .zip of them)", highlight=False)
+
+
+class _TrainBar:
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                            TimeRemainingColumn(), console=err_console, transient=False)
+        self.task = None
+
+    def start(self, total_steps, done_steps, images_per_step):
+        import time
+        self.ips, self.t0, self.n = images_per_step, time.perf_counter(), 0
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=total_steps, completed=done_steps, info="")
+
+    def step(self, d_loss, g_loss):
+        import time
+        self.n += 1
+        rate = self.n * self.ips / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.update(self.task, advance=1, info=f"D {d_loss:.3f} G {g_loss:.3f} {rate:,.0f} img/s")
+
+    def epoch(self, row):
+        self.bar.console.print(f"epoch {row['epoch']}: D {row['d_loss']:.3f} G {row['g_loss']:.3f} "
+                               f"D(x) {row['d_real']:.2f} D(G(z)) {row['d_fake']:.2f} "
+                               f"{row['images_per_s']:,.0f} img/s", highlight=False)
+
+    def stop(self):
+        self.bar.stop()
+
+
+@app.command()
+@handles_errors
+def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar10, cifar10-jpeg or folder:PATH")],
+          arch: Annotated[str, typer.Option(help="fc4, cnn5, cnn3 or dcgan")],
+          out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, samples/, losses.csv, run.json")],
+          epochs: int = 1, batch_size: int = 64, lr: float = 2e-4,
+          latent_dim: int = 100, seed: int = 0,
+          limit: Annotated[Optional[int], typer.Option(help="Train on the first N images only")] = None,
+          label_smoothing: Annotated[float, typer.Option(help="Real label 1-s for the discriminator")] = 0.0,
+          dropout: Annotated[float, typer.Option(help="Dropout in the discriminator")] = 0.0,
+          image_size: Annotated[Optional[int], typer.Option(help="Resize folder images to SxS")] = None,
+          channels: Annotated[Optional[int], typer.Option(help="1 or 3, for folder:PATH data")] = None,
+          device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+          resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete epoch")] = False,
+          force: Annotated[bool, typer.Option("--force", help="Start over in an existing folder")] = False,
+          keep_every: Annotated[int, typer.Option(help="Also keep checkpoints/epoch-NNN.pt every N epochs")] = 0,
+          data_root: DataRoot = None,
+          download: Annotated[bool, typer.Option("--download", help="Download with torchvision if missing")] = False):
+    """Train a GAN; a checkpoint and a sample grid per epoch."""
+    _need_torch("train")
+    from ganq.train.loop import TrainConfig, train as run_train
+
+    cfg = TrainConfig(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, latent_dim=latent_dim,
+                      seed=seed, limit=limit, label_smoothing=label_smoothing, dropout=dropout,
+                      image_size=image_size, channels=channels)
+    bar = _TrainBar()
+    try:
+        row = run_train(cfg, out, resume=resume, force=force, device=device, data_root=data_root,
+                        download=download, progress=bar, keep_every=keep_every)
+    finally:
+        if bar.task is not None:
+            bar.stop()
+    out_console.print(f"{out}/checkpoint.pt  epoch {row.get('epoch')}  samples in {out}/samples/", highlight=False)
+
+
+def _emit(report: dict, as_json: bool, render) -> None:
+    if as_json:
+        out_console.print_json(json.dumps(report))
+    else:
+        render(report)
+
+
+@app.command()
+@handles_errors
+def export(source: Annotated[Path, typer.Argument(help="Run folder or checkpoint.pt")],
+           out: Annotated[Path, typer.Option(help="Output .onnx")],
+           n: Annotated[int, typer.Option(help="Latents for the parity check")] = 256,
+           as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Export a trained generator to ONNX (opset 21, dynamic batch), checked against PyTorch."""
+    _need_torch("export")
+    from ganq.export import PARITY_TOL, export as run_export
+
+    r = run_export(source, out, n=n)
+    _emit(r, as_json, lambda r: out_console.print(
+        f"{r['out']}  {r['spec']['arch']} on {r['spec']['dataset']}, epoch {r['epoch']}, opset {r['opset']}, "
+        f"{r['bytes']:,} bytes; parity with PyTorch on {r['n']} latents: max |diff| {r['max_abs_diff']:.2e} "
+        f"(limit {PARITY_TOL:g})", highlight=False))
+
+
+def _size(b: int) -> str:
+    return f"{b / 1024:,.1f} KiB" if b < 1024 ** 2 else f"{b / 1024 ** 2:,.2f} MiB"
+
+
+def _render_quant(r: dict) -> None:
+    rows = [[t["tensor"], t["op"], "x".join(map(str, t["shape"])), f"{t['params']:,}", _size(t["bytes_fp32"]),
+             _size(t["bytes_ideal"]), _size(t["bytes_stored"]), t["levels_used"]] for t in r["tensors"]]
+    title = (f"{r['bits']}-bit {r['method']} per {r['granularity']}, format {r['format']}"
+             + (f", {r['bn_folded']} BatchNorm folded" if r["fold_bn"] else ""))
+    out_console.print(_table(title, ["tensor", "op", "shape", "params", "fp32", "ideal", "stored", "levels"], rows))
+    out_console.print(_table("model size", ["fp32", f"ideal {r['bits']}-bit", "file", "gzip", "source file"],
+                             [[_size(r["bytes_fp32"]), _size(r["bytes_ideal"]), _size(r["bytes_file"]),
+                               _size(r["bytes_gzip"]), _size(r["bytes_source_file"])]]))
+    out_console.print(f"wrote {r['out']} ({r['bytes_file'] / r['bytes_fp32']:.3f} of fp32)", highlight=False)
+
+
+@app.command()
+@handles_errors
+def quantize(model: Annotated[Path, typer.Argument(help="fp32 generator .onnx")],
+             bits: Annotated[int, typer.Option(help="1..16; 32 leaves the weights float")],
+             out: Annotated[Path, typer.Option(help="Output .onnx")],
+             method: Annotated[str, typer.Option(help="minmax")] = "minmax",
+             granularity: Annotated[str, typer.Option(help="tensor or channel")] = "tensor",
+             format: Annotated[str, typer.Option("--format", help="fake, int or packed")] = "fake",
+             fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the weights first")] = False,
+             include_bias: Annotated[bool, typer.Option("--include-bias", help="Quantize biases too")] = False,
+             as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Quantize a generator's weights to k bits; print the size report."""
+    from ganq.quantize import QuantizeOptions, quantize_file
+
+    opts = QuantizeOptions(bits=bits, method=method, granularity=granularity, format=format, fold_bn=fold_bn,
+                           include_bias=include_bias)
+    _emit(quantize_file(model, out, opts), as_json, _render_quant)
+
+
+@app.command("spec")
+@handles_errors
+def spec_cmd(model: Annotated[Path, typer.Argument(help="A generator .onnx exported elsewhere")],
+             latent_dim: Annotated[Optional[int], typer.Option(help="Latent size")] = None,
+             latent: Annotated[str, typer.Option(help="normal or uniform")] = "normal",
+             output_range: Annotated[str, typer.Option(help="LOW,HIGH of the images")] = "-1,1",
+             input_name: Annotated[Optional[str], typer.Option(help="Latent input (default: the only input)")] = None,
+             output_name: Annotated[Optional[str], typer.Option(help="Image output (default: the only output)")] = None,
+             dataset: Annotated[str, typer.Option(help="Data set it was trained on")] = "",
+             arch: Annotated[str, typer.Option(help="Architecture name")] = "",
+             out: Annotated[Optional[Path], typer.Option(help="Write here instead of in place")] = None,
+             as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Show a generator's spec; with --latent-dim, write one into a model exported elsewhere."""
+    from ganq.spec import describe, read_spec
+    from ganq.quantize import load_model
+
+    if latent_dim is None:
+        spec = read_spec(load_model(model), str(model))
+        _emit(spec.to_dict(), as_json, lambda d: out_console.print_json(json.dumps(d)))
+        return
+    try:
+        lo, hi = (float(v) for v in output_range.split(","))
+    except ValueError:
+        raise GanqError(f"--output-range must be LOW,HIGH, got {output_range!r}") from None
+    spec = describe(model, out or model, latent_dim=latent_dim, latent=latent, output_range=(lo, hi),
+                    input_name=input_name, output_name=output_name, dataset=dataset, arch=arch)
+    _emit(spec.to_dict(), as_json, lambda d: out_console.print(f"wrote ganq.spec into {out or model}: "
+                                                                 f"{json.dumps(d)}", highlight=False))
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

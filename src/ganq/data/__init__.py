@@ -1,0 +1,245 @@
+"""Data sets as uint8 NHWC arrays with labels, read torch-free from their standard on-disk formats.
+
+Lookup order for a named data set: --data-root, $GANQ_DATA, the user cache (~/.cache/ganq/datasets),
+/usr/share/datasets (Debian's packages). `download=True` uses torchvision's downloader into the user cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ganq.data.cifar import read_batch, read_classes
+from ganq.data.folder import read_image_folder
+from ganq.data.idx import read_idx
+from ganq.errors import GanqError
+
+SPLITS = ("train", "test")
+FOLDER_PREFIX = "folder:"
+
+
+@dataclass
+class Dataset:
+    """images: uint8 [N, H, W, C]; labels: int64 [N]; classes: names; source: where it was read."""
+
+    name: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    source: str
+
+    @property
+    def shape_chw(self) -> tuple[int, int, int]:
+        n, h, w, c = self.images.shape
+        return (c, h, w)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ganq"
+
+
+def search_roots(data_root: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    roots = []
+    if data_root:
+        roots.append(("--data-root", Path(data_root)))
+    if os.environ.get("GANQ_DATA"):
+        roots.append(("$GANQ_DATA", Path(os.environ["GANQ_DATA"])))
+    roots.append(("user cache", cache_dir() / "datasets"))
+    roots.append(("system", Path("/usr/share/datasets")))
+    return roots
+
+
+# --- IDX data sets (MNIST, Fashion-MNIST) -------------------------------------------------------------------
+
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _idx_locate(subdirs: tuple[str, ...]) -> Callable[[Path], Path | None]:
+    def locate(root: Path) -> Path | None:
+        for sub in subdirs:
+            folder = root / sub
+            if all(_find_idx(folder, stem) for stem in _IDX_FILES["train"] + _IDX_FILES["test"]):
+                return folder
+        return None
+    return locate
+
+
+def _idx_load(folder: Path, split: str):
+    img_stem, lab_stem = _IDX_FILES[split]
+    images, labels = read_idx(_find_idx(folder, img_stem)), read_idx(_find_idx(folder, lab_stem))
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise GanqError(f"{folder}: {img_stem} is not a uint8 [N, H, W] image file")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise GanqError(f"{folder}: {lab_stem} does not have one label per image")
+    return images[..., None], labels.astype(np.int64), None
+
+
+# --- CIFAR-10 ------------------------------------------------------------------------------------------------
+
+def _cifar_locate(root: Path) -> Path | None:
+    for sub in ("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10"):
+        folder = root / sub
+        if (folder / "data_batch_1").is_file() and (folder / "test_batch").is_file():
+            return folder
+    return None
+
+
+def _cifar_load(folder: Path, split: str):
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise GanqError(f"{folder}: missing CIFAR-10 batch files {missing}")
+    parts = [read_batch(folder / n) for n in names]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), read_classes(folder)
+
+
+# --- the JPEG copy of CIFAR-10 (an image folder, possibly zipped) ---------------------------------------------
+
+def _jpeg_locate(root: Path) -> Path | None:
+    for name in ("cifar10-jpeg", "cifar10-jpeg.zip"):
+        if (root / name).exists():
+            return root / name
+    return None
+
+
+def _cached_folder(source: Path, split: str, size: int, channels: int):
+    """Decoding 50,000 JPEGs takes a while: keep the decoded arrays in the user cache, keyed by the source."""
+    st = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{split}|{size}|{channels}".encode())
+    path = cache_dir() / "decoded" / f"{key.hexdigest()[:24]}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return z["images"], z["labels"], [str(c) for c in z["classes"]]
+    images, labels, classes = read_image_folder(source, size, channels, split=split)
+    from ganq._io import atomic_path
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, images=images, labels=labels, classes=np.asarray(classes))
+    except OSError:
+        pass  # a read-only cache only costs time
+    return images, labels, classes
+
+
+def _jpeg_load(source: Path, split: str):
+    return _cached_folder(source, split, 32, 3)
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    description: str
+    shape: tuple[int, int, int]  # C, H, W
+    locate: Callable[[Path], Path | None]
+    load: Callable[[Path, str], tuple]
+    how_to_get: str
+    torchvision: str | None = None
+    classes: tuple[str, ...] = ()
+
+
+_DIGITS = tuple(str(i) for i in range(10))
+_FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(entry: Entry) -> None:
+    if entry.name in REGISTRY:
+        raise ValueError(f"data set {entry.name!r} is already registered")
+    REGISTRY[entry.name] = entry
+
+
+register(Entry("mnist", "MNIST handwritten digits, 60k train + 10k test", (1, 28, 28),
+               _idx_locate(("MNIST/raw", "mnist", "MNIST", "")), _idx_load,
+               "put the four IDX files in <root>/MNIST/raw/ or run with --download", "MNIST", _DIGITS))
+register(Entry("fashion-mnist", "Fashion-MNIST clothes, 60k train + 10k test", (1, 28, 28),
+               _idx_locate(("FashionMNIST/raw", "fashion-mnist", "FashionMNIST", "")), _idx_load,
+               "`apt-get install dataset-fashion-mnist`, put the IDX files in <root>/FashionMNIST/raw/, "
+               "or run with --download", "FashionMNIST", _FASHION))
+register(Entry("cifar10", "CIFAR-10 (python batches), 50k train + 10k test", (3, 32, 32),
+               _cifar_locate, _cifar_load,
+               "extract cifar-10-python.tar.gz into <root>/ (giving cifar-10-batches-py/) or run with --download",
+               "CIFAR10"))
+register(Entry("cifar10-jpeg", "CIFAR-10 as JPEG (quality ~75, lossy: not comparable with CIFAR-10 numbers)",
+               (3, 32, 32), _jpeg_locate, _jpeg_load,
+               "put cifar10-jpeg.zip (train/<class>/*.jpg, test/<class>/*.jpg) or its unzipped folder in <root>/"))
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_entry(name: str) -> Entry:
+    if name not in REGISTRY:
+        raise GanqError(f"unknown data set {name!r}; choose one of {', '.join(REGISTRY)}, "
+                        f"or {FOLDER_PREFIX}PATH for your own image folder")
+    return REGISTRY[name]
+
+
+def locate(name: str, data_root=None) -> tuple[Path | None, list[str]]:
+    """Where data set `name` is found (or None) and the places looked."""
+    entry = get_entry(name)
+    looked = []
+    for label, root in search_roots(data_root):
+        looked.append(f"{root} ({label})")
+        found = entry.locate(root)
+        if found is not None:
+            return found, looked
+    return None, looked
+
+
+def _download(entry: Entry) -> Path:
+    if entry.torchvision is None:
+        raise GanqError(f"{entry.name} cannot be downloaded: {entry.how_to_get}")
+    try:
+        import torchvision.datasets as tvd
+    except ImportError:
+        raise GanqError("--download needs torchvision: pip install 'ganq[train]'") from None
+    root = cache_dir() / "datasets"
+    try:
+        for train in (True, False):
+            getattr(tvd, entry.torchvision)(root=str(root), train=train, download=True)
+    except Exception as e:  # torchvision raises plain RuntimeError/URLError when offline
+        raise GanqError(f"download of {entry.name} failed ({type(e).__name__}: {e}); {entry.how_to_get}") from None
+    found = entry.locate(root)
+    if found is None:
+        raise GanqError(f"download of {entry.name} finished but its files are not in {root}")
+    return found
+
+
+def load(name: str, split: str = "train", data_root=None, download: bool = False, limit: int | None = None,
+         image_size: int | None = None, channels: int | None = None) -> Dataset:
+    """Load a data set by name (or folder:PATH) as uint8 NHWC images, int64 labels."""
+    if split not in SPLITS:
+        raise GanqError(f"unknown split {split!r}; choose train or test")
+    if limit is not None and limit < 1:
+        raise GanqError(f"--limit must be at least 1, got {limit}")
+    if name.startswith(FOLDER_PREFIX):
+        path = Path(name[len(FOLDER_PREFIX):]).expanduser()
+        images, labels, classes = read_image_folder(path, image_size, channels or 3, split=split, limit=limit)
+        return Dataset(name, split, images, labels, classes, str(path))
+    entry = get_entry(name)
+    found, looked = locate(name, data_root)
+    if found is None:
+        if not download:
+            raise GanqError(f"{name} not found; looked in {', '.join(looked)}; {entry.how_to_get}")
+        found = _download(entry)
+    images, labels, classes = entry.load(found, split)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return Dataset(name, split, np.ascontiguousarray(images), labels, list(classes or entry.classes), str(found))

@@ -1,0 +1,1 @@
+"""ganq.evaluate (torch-free)."""

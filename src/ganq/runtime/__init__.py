@@ -1,0 +1,1 @@
+"""ganq.runtime (torch-free)."""

@@ -1,0 +1,63 @@
+"""Checkpoints: self-describing dicts of tensors and plain values, written atomically, read with weights_only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ganq._io import atomic_path
+from ganq.errors import GanqError
+from ganq.spec import GeneratorSpec
+
+KEYS = ("spec", "config", "generator", "discriminator", "optimizers", "epoch", "rng")
+
+
+def save(path: str | Path, state: dict) -> None:
+    missing = [k for k in KEYS if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint lacks {missing}")
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load(path: str | Path) -> dict:
+    """Read a checkpoint safely (weights_only=True); a corrupt or foreign file is a GanqError."""
+    path = Path(path)
+    if not path.is_file():
+        raise GanqError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types on foreign bytes (struct.error, UnpicklingError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GanqError(f"{path}: not a readable ganq checkpoint ({first[:200]})") from None
+    if not isinstance(state, dict) or any(k not in state for k in KEYS):
+        raise GanqError(f"{path}: not a ganq checkpoint (expected keys {', '.join(KEYS)})")
+    GeneratorSpec.from_dict(state["spec"])
+    return state
+
+
+def resolve(path: str | Path) -> Path:
+    """A run folder or a checkpoint file -> the checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / "checkpoint.pt"
+        if not ckpt.is_file():
+            raise GanqError(f"{path}: run folder has no checkpoint.pt (has a training epoch finished?)")
+        return ckpt
+    return path
+
+
+def load_generator(path: str | Path):
+    """(generator in eval mode, spec, checkpoint) from a run folder or checkpoint file."""
+    from ganq.train.archs import build
+
+    state = load(resolve(path))
+    spec = GeneratorSpec.from_dict(state["spec"])
+    g, _ = build(spec, dropout=0.0)
+    try:
+        g.load_state_dict(state["generator"])
+    except RuntimeError as e:
+        raise GanqError(f"{path}: generator weights do not fit architecture {spec.arch} ({str(e)[:160]})") from None
+    g.eval()
+    return g, spec, state

@@ -1,0 +1,251 @@
+"""The GAN training loop: minimax loss with the non-saturating generator loss, Adam, a checkpoint per epoch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ganq import __version__
+from ganq import data as gdata
+from ganq._io import atomic_path, write_text_atomic
+from ganq.errors import GanqError
+from ganq.spec import GeneratorSpec
+from ganq.train import checkpoint
+from ganq.train.archs import build, check_fits
+
+RUN_FILE = "run.json"
+LOSS_COLUMNS = ["epoch", "d_loss", "g_loss", "d_real", "d_fake", "images", "seconds", "images_per_s"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str
+    arch: str
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    latent_dim: int = 100
+    latent: str = "normal"
+    seed: int = 0
+    limit: int | None = None
+    label_smoothing: float = 0.0
+    dropout: float = 0.0
+    image_size: int | None = None
+    channels: int | None = None
+    grid: int = 64
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise GanqError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise GanqError(f"--batch-size must be at least 2 (BatchNorm needs a batch), got {self.batch_size}")
+        if not self.lr > 0:
+            raise GanqError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise GanqError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if not 0 <= self.dropout < 1:
+            raise GanqError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    def same_run(self, other: "TrainConfig") -> list[str]:
+        """Settings that differ, except those a resumed run may change (epochs)."""
+        return [f.name for f in fields(self) if f.name != "epochs" and getattr(self, f.name) != getattr(other, f.name)]
+
+
+class Progress:
+    """Callbacks the CLI fills in with a progress bar; the default is silent."""
+
+    def start(self, total_steps: int, done_steps: int, images_per_step: int) -> None: ...
+    def step(self, d_loss: float, g_loss: float) -> None: ...
+    def epoch(self, row: dict) -> None: ...
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise GanqError("--device cuda: torch sees no CUDA GPU here; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise GanqError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+def is_run(folder: Path) -> bool:
+    try:
+        return json.loads((folder / RUN_FILE).read_text()).get("ganq") == "run"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def prepare_out(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to write into a folder that holds something else, unless --force."""
+    if resume:
+        if not is_run(out):
+            raise GanqError(f"{out}: nothing to resume (no ganq run here)")
+        return
+    if out.exists() and not out.is_dir():
+        raise GanqError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "a ganq run; add --resume to continue it" if is_run(out) else "not a ganq run"
+        raise GanqError(f"{out}: folder exists and is {what}, or --force to start over there")
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    # uint8 NHWC -> float NCHW in [-1, 1], the generator's output range
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+
+
+def latents(n: int, dim: int, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    if kind == "uniform":
+        return torch.rand(n, dim, generator=generator) * 2 - 1
+    return torch.randn(n, dim, generator=generator)
+
+
+def save_grid(g, z: torch.Tensor, path: Path) -> None:
+    """A PNG grid of g(z), drawn in eval mode as the exported generator runs."""
+    from torchvision.utils import save_image
+
+    was_training = g.training
+    g.eval()
+    with torch.no_grad():
+        x = g(z).cpu()
+    g.train(was_training)
+    buf = io.BytesIO()
+    save_image(x, buf, format="png", nrow=int(np.ceil(np.sqrt(len(z)))), normalize=True, value_range=(-1, 1))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def _write_losses(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, LOSS_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def _read_losses(path: Path, up_to_epoch: int) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= up_to_epoch]
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, force: bool = False, device: str = "auto",
+          data_root=None, download: bool = False, progress: Progress | None = None,
+          keep_every: int = 0) -> dict:
+    """Train config's GAN into folder `out`; returns the last epoch's loss row."""
+    out, progress = Path(out), progress or Progress()
+    prepare_out(out, resume, force)
+    dev = pick_device(device)
+
+    state = None
+    if resume:
+        state = checkpoint.load(out / "checkpoint.pt") if (out / "checkpoint.pt").exists() else None
+        saved = TrainConfig(**json.loads((out / RUN_FILE).read_text())["config"])
+        diff = saved.same_run(config)
+        if diff:
+            raise GanqError(f"{out}: --resume with other settings than the run's ({', '.join(diff)})")
+
+    ds = gdata.load(config.dataset, "train", data_root=data_root, download=download, limit=config.limit,
+                    image_size=config.image_size, channels=config.channels)
+    c, h, w = ds.shape_chw
+    spec = GeneratorSpec(latent_dim=config.latent_dim, channels=c, height=h, width=w, latent=config.latent,
+                         dataset=config.dataset, arch=config.arch)
+    check_fits(config.arch, spec)
+    if len(ds.images) < config.batch_size:
+        raise GanqError(f"{config.dataset}: {len(ds.images)} images, fewer than one batch of {config.batch_size}")
+
+    torch.manual_seed(config.seed)
+    g, d = build(spec, dropout=config.dropout)
+    g, d = g.to(dev), d.to(dev)
+    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+    start_epoch = 0
+    if state is not None:
+        if state["spec"] != spec.to_dict():
+            raise GanqError(f"{out}: checkpoint's generator spec differs from this data set's")
+        g.load_state_dict(state["generator"])
+        d.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["optimizers"]["g"])
+        opt_d.load_state_dict(state["optimizers"]["d"])
+        start_epoch = int(state["epoch"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if dev.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    if not resume:
+        for stale in ("checkpoint.pt", "losses.csv"):
+            (out / stale).unlink(missing_ok=True)
+    write_text_atomic(out / RUN_FILE, json.dumps(
+        {"ganq": "run", "version": __version__, "spec": spec.to_dict(), "config": asdict(config),
+         "dataset_source": ds.source, "images": int(len(ds.images))}, indent=2) + "\n")
+    rows = _read_losses(out / "losses.csv", start_epoch) if resume else []
+
+    x_all = _to_tensor(ds.images)
+    del ds
+    steps = len(x_all) // config.batch_size  # the last partial batch is dropped: BatchNorm dislikes tiny batches
+    fixed_z = latents(config.grid, spec.latent_dim, spec.latent, torch.Generator().manual_seed(config.seed + 1))
+    real_target = 1.0 - config.label_smoothing
+    progress.start(steps * config.epochs, steps * start_epoch, config.batch_size)
+
+    row = rows[-1] if rows else {}
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        g.train()
+        d.train()
+        # the shuffle depends on (seed, epoch) alone, so a resumed run sees the same batches
+        perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        t0, sums = time.perf_counter(), np.zeros(4)
+        for i in range(steps):
+            real = x_all[perm[i * config.batch_size:(i + 1) * config.batch_size]].to(dev)
+            z = latents(len(real), spec.latent_dim, spec.latent).to(dev)
+            fake = g(z)
+
+            d_real, d_fake = d(real).view(-1), d(fake.detach()).view(-1)
+            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, real_target))
+                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+
+            d_gen = d(fake).view(-1)
+            loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))  # non-saturating
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+
+            vals = (loss_d.item(), loss_g.item(), torch.sigmoid(d_real).mean().item(),
+                    torch.sigmoid(d_fake).mean().item())
+            sums += vals
+            progress.step(vals[0], vals[1])
+        seconds = time.perf_counter() - t0
+        n_img = steps * config.batch_size
+        row = {"epoch": epoch, **{k: round(float(v / steps), 5) for k, v in
+                                  zip(("d_loss", "g_loss", "d_real", "d_fake"), sums)},
+               "images": n_img, "seconds": round(seconds, 2), "images_per_s": round(n_img / seconds, 1)}
+        rows.append(row)
+
+        save_grid(g, fixed_z.to(dev), out / "samples" / f"epoch-{epoch:03d}.png")
+        rng = {"torch": torch.get_rng_state()}
+        if dev.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        ckpt = {"spec": spec.to_dict(), "config": asdict(config),
+                "generator": {k: v.cpu() for k, v in g.state_dict().items()},
+                "discriminator": {k: v.cpu() for k, v in d.state_dict().items()},
+                "optimizers": {"g": opt_g.state_dict(), "d": opt_d.state_dict()}, "epoch": epoch, "rng": rng}
+        checkpoint.save(out / "checkpoint.pt", ckpt)
+        if keep_every and epoch % keep_every == 0:
+            checkpoint.save(out / "checkpoints" / f"epoch-{epoch:03d}.pt", ckpt)
+        _write_losses(out / "losses.csv", rows)
+        progress.epoch(row)
+    return row

@@ -1,0 +1,277 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from ganq.errors import GanqError
+from ganq.quantize import QuantizeOptions, fold_batchnorm, quantize_file, quantize_model
+from ganq.quantize.formats import pack_planes, unpack_planes
+from ganq.quantize.schemes import MinMax
+from ganq.quantize.select import find_targets
+from ganq.spec import META_QUANT, read_metadata
+
+floats = arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 7)),
+                elements=st.floats(-1e3, 1e3, width=32, allow_nan=False))
+
+
+# --- the scheme: closed forms and properties -----------------------------------------------------------------
+
+def test_minmax_closed_form():
+    x = np.array([-1.0, -0.2, 0.0, 0.3, 1.0], np.float32)
+    q = MinMax(bits=2).quantize(x)  # grid: -1, -1/3, 1/3, 1
+    assert q.codes.tolist() == [0, 1, 1, 2, 3]
+    assert np.allclose(q.dequantize(), [-1, -1 / 3, -1 / 3, 1 / 3, 1], atol=1e-7)
+    assert q.dequantize()[0] == -1.0 and q.dequantize()[-1] == 1.0  # the extremes are exact
+
+
+def test_constant_tensor_comes_back_exactly():
+    for value in (0.0, 0.7, -3.25):
+        x = np.full((4, 3), value, np.float32)
+        for g in ("tensor", "channel"):
+            xh = MinMax(bits=3, granularity=g).quantize(x, axis=0).dequantize()
+            assert np.array_equal(xh, x) and not np.isnan(xh).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(floats, st.integers(1, 16), st.sampled_from(["tensor", "channel"]))
+def test_properties(x, bits, granularity):
+    q = MinMax(bits=bits, granularity=granularity).quantize(x, axis=1)
+    xh = q.dequantize()
+    assert xh.dtype == np.float32 and xh.shape == x.shape
+    assert q.codes.min() >= 0 and q.codes.max() <= 2 ** bits - 1
+    if granularity == "tensor":
+        assert len(np.unique(xh)) <= 2 ** bits
+    else:
+        assert all(len(np.unique(xh[:, c])) <= 2 ** bits for c in range(x.shape[1]))
+    # |x - Q(x)| <= step / 2 (plus float32 rounding of the reconstruction)
+    step = q.scale
+    tol = step / 2 + 4 * np.finfo(np.float32).eps * np.maximum(np.abs(x), np.abs(q.minimum)).max()
+    assert np.all(np.abs(x - xh) <= tol)
+    # idempotent: quantizing x_hat again gives the same codes and the same weights
+    q2 = MinMax(bits=bits, granularity=granularity).quantize(xh, axis=1)
+    assert np.allclose(q2.dequantize(), xh, rtol=0, atol=float(np.max(step)) * 1e-3 + 1e-6)
+    # deterministic
+    assert np.array_equal(MinMax(bits=bits, granularity=granularity).quantize(x, axis=1).codes, q.codes)
+
+
+@given(st.integers(1, 16), st.integers(1, 300), st.integers(0, 2 ** 32 - 1))
+@settings(max_examples=40, deadline=None)
+def test_bit_planes_roundtrip(bits, n, seed):
+    codes = np.random.default_rng(seed).integers(0, 2 ** bits, n)
+    planes = pack_planes(codes, bits)
+    assert planes.shape == (bits, (n + 7) // 8) and planes.dtype == np.uint8
+    assert np.array_equal(unpack_planes(planes, n), codes)
+
+
+def test_bad_options():
+    for kw, msg in (({"bits": 0}, "from 1 to 16"), ({"bits": 17}, "from 1 to 16"),
+                    ({"bits": 4, "format": "zip"}, "fake, int, packed"),
+                    ({"bits": 4, "granularity": "row"}, "tensor, channel"),
+                    ({"bits": 4, "method": "kmeans"}, "minmax")):
+        with pytest.raises(GanqError, match=msg):
+            QuantizeOptions(**kw)
+
+
+# --- one-node graphs: selection, axes, formats, against onnx.reference --------------------------------------
+
+def _one_node(op, w_shape, x_shape, y_shape, opset=21, seed=0, bias=True, **attrs):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "W")]
+    inputs = ["X", "W"]
+    if bias and op != "MatMul":
+        n_out = {"Conv": w_shape[0], "ConvTranspose": w_shape[1],
+                 "Gemm": w_shape[0] if attrs.get("transB") else w_shape[1]}[op]
+        inits.append(numpy_helper.from_array(rng.standard_normal(n_out).astype(np.float32), "B"))
+        inputs.append("B")
+    node = helper.make_node(op, inputs, ["Y"], **attrs)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, y_shape)], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+CASES = {
+    "conv": (("Conv", (4, 3, 3, 3), [2, 3, 8, 8], [2, 4, 6, 6]), {}, 0),
+    "convT": (("ConvTranspose", (3, 5, 4, 4), [2, 3, 4, 4], [2, 5, 10, 10]), {"strides": [2, 2]}, 1),
+    "gemm_tB": (("Gemm", (6, 5), [2, 5], [2, 6]), {"transB": 1}, 0),
+    "gemm": (("Gemm", (5, 6), [2, 5], [2, 6]), {}, 1),
+    "matmul": (("MatMul", (5, 6), [2, 5], [2, 6]), {}, 1),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_selection_axes(case):
+    args, attrs, axis = CASES[case]
+    m = _one_node(*args, **attrs)
+    (t,) = find_targets(m)
+    assert (t.name, t.axis, t.role) == ("W", axis, "weight")
+    if args[0] != "MatMul":
+        assert {x.name for x in find_targets(m, include_bias=True)} == {"W", "B"}
+
+
+def _expected_weight(m, bits, granularity, axis):
+    w = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == "W"))
+    return MinMax(bits=bits, granularity=granularity).quantize(w, axis=axis).dequantize()
+
+
+def _with_weight_output(model):
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    m.graph.output.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, None))
+    return m
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("fmt", ["fake", "int", "packed"])
+@pytest.mark.parametrize("bits,granularity", [(3, "channel"), (4, "tensor"), (8, "channel"), (11, "tensor")])
+def test_formats_oracle(case, fmt, bits, granularity):
+    args, attrs, axis = CASES[case]
+    m = _one_node(*args, **attrs)
+    qm, report = quantize_model(m, QuantizeOptions(bits=bits, granularity=granularity, format=fmt))
+    expected = _expected_weight(m, bits, granularity, axis)
+    x = np.random.default_rng(1).standard_normal(args[2]).astype(np.float32)
+    # the weights the graph computes are bit-identical to the numpy reconstruction, in every format
+    probe = _with_weight_output(qm) if fmt != "fake" else None
+    if probe is not None:
+        w_ref = ReferenceEvaluator(probe).run(["W"], {"X": x})[0]
+        w_ort = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            ["W"], {"X": x})[0]
+        assert np.array_equal(w_ref, expected) and np.array_equal(w_ort, expected)
+    else:
+        w = numpy_helper.to_array(next(i for i in qm.graph.initializer if i.name == "W"))
+        assert np.array_equal(w, expected)
+    # and the node's output matches the float graph with the expected weights
+    ref_model = onnx.ModelProto.FromString(m.SerializeToString())
+    next(i for i in ref_model.graph.initializer if i.name == "W").CopyFrom(numpy_helper.from_array(expected, "W"))
+    want = ReferenceEvaluator(ref_model).run(None, {"X": x})[0]
+    got = ort.InferenceSession(qm.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    assert np.allclose(got, want, atol=1e-5)
+    meta = json.loads(read_metadata(qm)[META_QUANT])
+    assert meta["bits"] == bits and meta["format"] == fmt and meta["tensors"][0]["tensor"] == "W"
+
+
+def test_int_container_types():
+    args, attrs, _ = CASES["conv"]
+    for bits, dtype in ((3, TensorProto.UINT4), (4, TensorProto.UINT4), (5, TensorProto.UINT8),
+                        (8, TensorProto.UINT8), (9, TensorProto.UINT16)):
+        qm, _ = quantize_model(_one_node(*args, **attrs), QuantizeOptions(bits=bits, format="int"))
+        codes = next(i for i in qm.graph.initializer if i.name.startswith("W_q"))
+        assert codes.data_type == dtype
+        if dtype == TensorProto.UINT4:
+            assert len(codes.raw_data) == (4 * 3 * 3 * 3 + 1) // 2  # two codes per byte
+
+
+def test_biases_and_other_tensors_untouched():
+    args, attrs, _ = CASES["conv"]
+    m = _one_node(*args, **attrs)
+    qm, _ = quantize_model(m, QuantizeOptions(bits=2, format="fake"))
+    b0 = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == "B"))
+    b1 = numpy_helper.to_array(next(i for i in qm.graph.initializer if i.name == "B"))
+    assert np.array_equal(b0, b1)
+    qm, rep = quantize_model(m, QuantizeOptions(bits=2, format="fake", include_bias=True))
+    b2 = numpy_helper.to_array(next(i for i in qm.graph.initializer if i.name == "B"))
+    assert len(np.unique(b2)) <= 4 and len(rep["tensors"]) == 2
+
+
+def test_grouped_conv_transpose_per_channel_refused():
+    m = _one_node("ConvTranspose", (4, 2, 3, 3), [1, 4, 5, 5], [1, 4, 7, 7], group=2, bias=False)
+    with pytest.raises(GanqError, match="grouped ConvTranspose"):
+        quantize_model(m, QuantizeOptions(bits=4, granularity="channel"))
+    quantize_model(m, QuantizeOptions(bits=4, granularity="tensor"))
+
+
+def test_bits_32_leaves_model_float():
+    m = _one_node(*CASES["gemm"][0])
+    qm, rep = quantize_model(m, QuantizeOptions(bits=32))
+    assert rep["tensors"] == [] and all(
+        np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+        for a, b in zip(m.graph.initializer, qm.graph.initializer))
+
+
+def test_low_opset_int_and_packed():
+    args, attrs, _ = CASES["gemm"]
+    m = _one_node(*args, opset=17, **attrs)
+    with pytest.raises(GanqError, match="opset >= 18"):
+        quantize_model(m, QuantizeOptions(bits=3, format="packed"))
+    qm, _ = quantize_model(m, QuantizeOptions(bits=3, format="int"))  # falls back to a uint8 container
+    assert next(i for i in qm.graph.initializer if i.name.startswith("W_q")).data_type == TensorProto.UINT8
+
+
+# --- BatchNorm folding --------------------------------------------------------------------------------------
+
+def _conv_bn(op="Conv"):
+    rng = np.random.default_rng(0)
+    w_shape = (4, 3, 3, 3) if op == "Conv" else (3, 4, 3, 3)
+    inits = [numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "beta"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "mean"),
+             numpy_helper.from_array(rng.uniform(0.1, 3, 4).astype(np.float32), "var")]
+    nodes = [helper.make_node(op, ["X", "W"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["Y"], epsilon=1e-3),
+             ]
+    out = [2, 4, 6, 6] if op == "Conv" else [2, 4, 10, 10]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3, 8, 8])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out)], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_fold_bn_matches_reference(op):
+    m = _conv_bn(op)
+    folded, n = fold_batchnorm(m)
+    assert n == 1 and "BatchNormalization" not in {x.op_type for x in folded.graph.node}
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert np.allclose(ReferenceEvaluator(folded).run(None, {"X": x})[0],
+                       ReferenceEvaluator(m).run(None, {"X": x})[0], atol=1e-5)
+
+
+# --- real generators ------------------------------------------------------------------------------------------
+
+def _run(path, z):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
+
+
+def test_generator_formats_agree_and_shrink(tiny_onnx, tmp_path):
+    z = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    fp32 = _run(tiny_onnx, z)
+    for bits in (8, 4, 3):
+        outs, reps = {}, {}
+        for fmt in ("fake", "int", "packed"):
+            reps[fmt] = quantize_file(tiny_onnx, tmp_path / f"{fmt}{bits}.onnx", QuantizeOptions(bits=bits, format=fmt))
+            outs[fmt] = _run(tmp_path / f"{fmt}{bits}.onnx", z)
+            assert reps[fmt]["bytes_gzip"] > 0 and reps[fmt]["bytes_ideal"] < reps[fmt]["bytes_fp32"]
+        assert np.abs(outs["int"] - outs["fake"]).max() <= 1e-5
+        assert np.abs(outs["packed"] - outs["fake"]).max() <= 1e-5
+        # the packed file is the ideal k-bit size plus a few KiB of graph; fake does not shrink
+        assert reps["packed"]["bytes_file"] <= reps["packed"]["bytes_ideal"] * 1.01 + 8192
+        assert reps["fake"]["bytes_file"] >= reps["fake"]["bytes_fp32"]
+        if bits == 8:
+            assert np.abs(outs["fake"] - fp32).max() < 0.1
+    # the same input gives the same bytes
+    quantize_file(tiny_onnx, tmp_path / "again.onnx", QuantizeOptions(bits=3, format="packed"))
+    assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "packed3.onnx").read_bytes()
+
+
+def test_fold_bn_on_generator(tiny_onnx, tmp_path):
+    z = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    rep = quantize_file(tiny_onnx, tmp_path / "f.onnx", QuantizeOptions(bits=32, fold_bn=True))
+    assert rep["bn_folded"] == 3  # MatMul, two ConvTranspose
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(tmp_path / "f.onnx")).graph.node}
+    assert np.abs(_run(tmp_path / "f.onnx", z) - _run(tiny_onnx, z)).max() <= 1e-5
+
+
+def test_refuses_double_quantization_and_junk(tiny_onnx, tmp_path):
+    quantize_file(tiny_onnx, tmp_path / "q.onnx", QuantizeOptions(bits=4))
+    with pytest.raises(GanqError, match="already quantized"):
+        quantize_file(tmp_path / "q.onnx", tmp_path / "qq.onnx", QuantizeOptions(bits=4))
+    (tmp_path / "junk.onnx").write_bytes(b"\x00\x01junk")
+    with pytest.raises(GanqError, match="not an ONNX model"):
+        quantize_file(tmp_path / "junk.onnx", tmp_path / "out.onnx", QuantizeOptions(bits=4))
+    assert not (tmp_path / "qq.onnx").exists() and not (tmp_path / "out.onnx").exists()
