@@ -232,6 +232,81 @@ def spec_cmd(model: Annotated[Path, typer.Argument(help="A generator .onnx expor
                                                                  f"{json.dumps(d)}", highlight=False))
 
 
+@app.command("train-classifier")
+@handles_errors
+def train_classifier_cmd(dataset: Annotated[str, typer.Option(help="Data set to classify")],
+                         out: Annotated[Path, typer.Option(help="Output .onnx (logits + features)")],
+                         epochs: int = 5, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
+                         width: Annotated[int, typer.Option(help="Channels of the first block")] = 32,
+                         limit: Annotated[Optional[int], typer.Option(help="Train on the first N images")] = None,
+                         data_root: DataRoot = None,
+                         download: Annotated[bool, typer.Option("--download")] = False,
+                         as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Train the metrics' feature network for a data set and export it to ONNX."""
+    _need_torch("train-classifier")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ganq.train.classifier import train_classifier
+
+    with Progress(TextColumn("classifier epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=err_console) as bar:
+        task = bar.add_task("train", total=None, epoch=1, loss=0.0)
+
+        def progress(epoch, step, steps, loss):
+            bar.update(task, total=steps * epochs, completed=(epoch - 1) * steps + step, epoch=epoch, loss=loss)
+
+        r = train_classifier(dataset, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit=limit,
+                             data_root=data_root, download=download, width=width, progress=progress)
+    _emit(r, as_json, lambda r: out_console.print(
+        f"{r['out']}  {dataset} classifier, {r['feature_dim']}-d features, test accuracy "
+        f"{r['test_accuracy']:.4f} after {epochs} epochs ({r['train_seconds']:.0f} s)", highlight=False))
+
+
+METRIC_ROWS = [("is_mean", "Inception Score"), ("fid", "FID"), ("kid_mean", "KID"), ("precision", "precision"),
+               ("recall", "recall"), ("realism_precision", "realism precision"),
+               ("realism_recall", "realism recall"), ("density", "density"), ("coverage", "coverage")]
+
+
+@app.command()
+@handles_errors
+def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:NAME)")],
+             dataset: Annotated[Optional[str], typer.Option(help="Real data (default: the model's spec)")] = None,
+             features: Annotated[Optional[str], typer.Option(help="Feature network .onnx "
+                                                             "(default: zoo:DATASET-classifier)")] = None,
+             n: Annotated[int, typer.Option(help="Generated and real samples each")] = 10000,
+             seed: int = 0,
+             k: Annotated[int, typer.Option(help="Neighbourhood size of precision/recall")] = 3,
+             strict: Annotated[bool, typer.Option("--strict", help="prdc's strict < membership")] = False,
+             realism: Annotated[str, typer.Option(help="paper or official")] = "paper",
+             no_shuffle: Annotated[bool, typer.Option("--no-shuffle", help="IS on unshuffled samples")] = False,
+             real_split: Annotated[str, typer.Option(help="train or test")] = "test",
+             cache: Annotated[Optional[Path], typer.Option(help="Real-feature cache folder")] = None,
+             provider: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+             threads: Annotated[Optional[int], typer.Option(help="onnxruntime threads")] = None,
+             data_root: DataRoot = None,
+             as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Generate images in onnxruntime and score them against real ones."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ganq.evaluate import EvalOptions, evaluate as run_eval
+
+    opts = EvalOptions(n=n, seed=seed, k=k, strict=strict, realism=realism, shuffle=not no_shuffle,
+                       real_split=real_split)
+    with Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                  transient=True) as bar:
+        task = bar.add_task("images", total=3 * n)
+        r = run_eval(model, dataset, features, opts, data_root=data_root, cache=cache, provider=provider,
+                     threads=threads, progress=lambda m: bar.advance(task, m))
+
+    def render(r):
+        rows = [[label, f"{r[key]:.4f}" + (f" ± {r['is_std']:.4f}" if key == "is_mean" else "")]
+                for key, label in METRIC_ROWS]
+        rows.append(["IS of the real images", f"{r['is_real']:.4f}"])
+        out_console.print(_table(f"{r['model']} vs {r['dataset']} ({n} + {n}, {Path(r['features']).name})",
+                                 ["metric", "value"], rows))
+    _emit(r, as_json, render)
+
+
 def main():
     app()
 

@@ -1,1 +1,133 @@
-"""ganq.evaluate (torch-free)."""
+"""Evaluate generators in onnxruntime: Inception Score, k-NN precision/recall, realism, FID, KID,
+density/coverage, on the features of an ONNX feature network. Torch-free.
+
+Conventions (see metrics.py): (fake, real) order; IS as torch-fidelity >= 0.4.0; precision/recall inclusive (<=)
+unless strict; realism as the paper unless 'official'; density/coverage as prdc; FID in float64; KID as
+torch-fidelity (cubic polynomial kernel, 100 subsets of 1000, RandomState(2020)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ganq.errors import GanqError
+from ganq.evaluate import metrics
+from ganq.evaluate.features import FeatureNet
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    n: int = 10000
+    seed: int = 0
+    k: int = 3
+    strict: bool = False
+    realism: str = "paper"
+    dc_k: int = 5
+    shuffle: bool = True
+    real_split: str = "test"
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    batch: int = 500
+
+    def __post_init__(self):
+        if self.n < 10:
+            raise GanqError(f"--n must be at least 10, got {self.n}")
+        if self.realism not in ("paper", "official"):
+            raise GanqError(f"--realism must be paper or official, got {self.realism!r}")
+        if self.real_split not in ("train", "test"):
+            raise GanqError(f"--real-split must be train or test, got {self.real_split!r}")
+
+
+def default_features(dataset: str) -> str:
+    return f"zoo:{dataset}-classifier"
+
+
+def real_images(dataset: str, n: int, split: str = "test", seed: int = 0, data_root=None) -> np.ndarray:
+    """n real uint8 NHWC images: the whole split when n equals its size, else a seeded subset."""
+    from ganq import data
+
+    ds = data.load(dataset, split, data_root=data_root)
+    if n > len(ds.images):
+        raise GanqError(f"--n {n} is more than the {len(ds.images)} images of {dataset} {split}")
+    if n == len(ds.images):
+        return ds.images
+    idx = np.sort(np.random.default_rng(seed).choice(len(ds.images), n, replace=False))
+    return ds.images[idx]
+
+
+class FeatureCache:
+    """Real-image features cached as .npz, keyed by feature network, data set, split, n and seed."""
+
+    def __init__(self, folder: str | Path | None):
+        from ganq.data import cache_dir
+        self.folder = Path(folder) if folder else cache_dir() / "features"
+
+    def path(self, net: FeatureNet, dataset: str, split: str, n: int, seed: int) -> Path:
+        key = hashlib.sha256(f"{net.sha256}|{dataset}|{split}|{n}|{seed}".encode()).hexdigest()[:24]
+        return self.folder / f"real-{dataset}-{split}-{n}-{key}.npz"
+
+    def real(self, net: FeatureNet, dataset: str, split: str, n: int, seed: int, data_root=None, progress=None):
+        from ganq._io import atomic_path
+
+        p = self.path(net, dataset, split, n, seed)
+        if p.exists():
+            with np.load(p, allow_pickle=False) as z:
+                return z["logits"], z["features"]
+        logits, feats = net(real_images(dataset, n, split, seed, data_root), progress=progress)
+        try:
+            with atomic_path(p) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, logits=logits, features=feats)
+        except OSError:
+            pass  # a read-only cache costs time, not results
+        return logits, feats
+
+
+def score(fake_logits, fake_feats, real_logits, real_feats, opts: EvalOptions) -> dict:
+    """Every metric from features (fake first)."""
+    out = {}
+    out.update(metrics.inception_score(fake_logits, shuffle=opts.shuffle))
+    out["is_real"] = metrics.inception_score(real_logits, shuffle=opts.shuffle)["is_mean"]
+    out["fid"] = metrics.fid(fake_feats, real_feats)
+    subset = min(opts.kid_subset_size, len(fake_feats), len(real_feats))
+    out.update(metrics.kid(fake_feats, real_feats, subsets=opts.kid_subsets, subset_size=subset))
+    out.update(metrics.manifold_metrics(fake_feats, real_feats, k=opts.k, strict=opts.strict,
+                                        realism_variant=opts.realism, dc_k=opts.dc_k))
+    return out
+
+
+def evaluate(model: str | Path, dataset: str | None = None, features: str | Path | None = None,
+             opts: EvalOptions | None = None, data_root=None, cache: str | Path | None = None,
+             provider: str = "cpu", threads: int | None = None, progress=None) -> dict:
+    """Generate opts.n images from `model`, compare with opts.n real images of `dataset` on `features`."""
+    from ganq.runtime import Generator
+
+    opts = opts or EvalOptions()
+    t0 = time.perf_counter()
+    g = Generator(model, provider, threads)
+    dataset = dataset or g.spec.dataset
+    if not dataset:
+        raise GanqError(f"{model}: its spec names no data set; give --dataset")
+    net = FeatureNet(features or default_features(dataset), provider, threads)
+    c, h, w = net.image_shape
+    if g.spec.image_shape != (c, h, w):
+        raise GanqError(f"{model} makes {'x'.join(map(str, g.spec.image_shape))} images; the feature network "
+                        f"takes {c}x{h}x{w}")
+    real_logits, real_feats = FeatureCache(cache).real(net, dataset, opts.real_split, opts.n, opts.seed, data_root,
+                                                       progress)
+    fake = g.generate(opts.n, opts.seed, opts.batch, progress)
+    fake_logits, fake_feats = net(fake, opts.batch, progress)
+    out = score(fake_logits, fake_feats, real_logits, real_feats, opts)
+    fake_classes = np.bincount(fake_logits.argmax(1), minlength=fake_logits.shape[1])
+    out.update({"model": str(g.path), "dataset": dataset, "features": str(net.path),
+                "feature_dim": int(fake_feats.shape[1]), "options": asdict(opts),
+                "class_histogram": fake_classes.tolist(), "seconds": round(time.perf_counter() - t0, 2)})
+    return out
+
+
+__all__ = ["EvalOptions", "evaluate", "score", "FeatureCache", "FeatureNet", "metrics", "default_features"]

@@ -1,1 +1,114 @@
-"""ganq.runtime (torch-free)."""
+"""onnxruntime sessions for ganq models: load, read the spec, generate images from seeded latents, bench.
+
+Session options never change ganq's numbers: onnxruntime would otherwise rewrite DequantizeLinear -> MatMul into
+MatMulNBits with int8 activations, so `session.qdq_matmulnbits_accuracy_level` is pinned to "0".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ganq.errors import GanqError
+from ganq.spec import GeneratorSpec, read_spec
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    if threads:
+        if threads < 1:
+            raise GanqError(f"--threads must be at least 1, got {threads}")
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+def session(model: str | Path | bytes, provider: str = "cpu", threads: int | None = None):
+    """An onnxruntime InferenceSession on `provider` (cpu or cuda)."""
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise GanqError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    name = PROVIDERS[provider]
+    if name not in ort.get_available_providers():
+        raise GanqError(f"provider {provider} is not available in this onnxruntime "
+                        f"(has {', '.join(ort.get_available_providers())}); for cuda: pip install onnxruntime-gpu")
+    if not isinstance(model, bytes) and not Path(model).is_file():
+        raise GanqError(f"{model}: no such file")
+    try:
+        src = model if isinstance(model, bytes) else str(model)
+        return ort.InferenceSession(src, session_options(threads), providers=[name])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise GanqError(f"{'model' if isinstance(model, bytes) else model}: onnxruntime cannot load it "
+                        f"({str(e).splitlines()[0][:200]})") from None
+
+
+def resolve_model(ref: str | Path) -> Path:
+    """A path, or zoo:NAME for a model shipped with ganq."""
+    ref = str(ref)
+    if ref.startswith("zoo:"):
+        from ganq.zoo import path as zoo_path
+        return zoo_path(ref[4:])
+    return Path(ref)
+
+
+class Generator:
+    """A generator .onnx with its spec; generate() gives uint8 NHWC images."""
+
+    def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None):
+        import onnx
+
+        self.path = resolve_model(model)
+        if not self.path.is_file():
+            raise GanqError(f"{self.path}: no such file")
+        try:
+            proto = onnx.load(str(self.path), load_external_data=False)
+        except Exception as e:
+            raise GanqError(f"{self.path}: not an ONNX model ({type(e).__name__})") from None
+        self.spec: GeneratorSpec = read_spec(proto, str(self.path))
+        self.metadata = {p.key: p.value for p in proto.metadata_props}
+        self.session = session(self.path, provider, threads)
+
+    def latents(self, n: int, seed: int) -> np.ndarray:
+        """float32 [n, latent_dim] from a seeded generator: the same seed gives every bit width the same latents."""
+        rng = np.random.default_rng(seed)
+        if self.spec.latent == "uniform":
+            return rng.uniform(-1, 1, (n, self.spec.latent_dim)).astype(np.float32)
+        return rng.standard_normal((n, self.spec.latent_dim)).astype(np.float32)
+
+    def run(self, z: np.ndarray) -> np.ndarray:
+        """float32 [N, C, H, W] in the spec's output range."""
+        return self.session.run([self.spec.output_name], {self.spec.input_name: z})[0]
+
+    def generate(self, n: int, seed: int = 0, batch: int = 500, progress=None) -> np.ndarray:
+        """uint8 [n, H, W, C] images from n seeded latents, in batches."""
+        if n < 1:
+            raise GanqError(f"n must be at least 1, got {n}")
+        if batch < 1:
+            raise GanqError(f"batch must be at least 1, got {batch}")
+        z = self.latents(n, seed)
+        out = np.empty((n, self.spec.height, self.spec.width, self.spec.channels), np.uint8)
+        for i in range(0, n, batch):
+            out[i:i + batch] = to_uint8(self.run(z[i:i + batch]), self.spec.output_range)
+            if progress:
+                progress(min(batch, n - i))
+        return out
+
+
+def to_uint8(x: np.ndarray, output_range=(-1.0, 1.0)) -> np.ndarray:
+    """float [N, C, H, W] in output_range -> uint8 [N, H, W, C], as an image file would hold it."""
+    lo, hi = output_range
+    u = np.clip(np.rint((x - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(u.transpose(0, 2, 3, 1))
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, C] -> float32 [N, C, H, W] in [-1, 1] (the input of ganq's feature networks)."""
+    return (images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5)) - np.float32(1.0)

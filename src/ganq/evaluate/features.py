@@ -1,0 +1,59 @@
+"""Feature networks as ONNX files run by onnxruntime: images -> (logits for IS, features for the rest)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ganq.errors import GanqError
+
+META_FEATURES = "ganq.features"
+
+
+class FeatureNet:
+    """An ONNX feature network with `ganq.features` metadata; input float32 [N, C, H, W] in [-1, 1]."""
+
+    def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None):
+        import onnx
+
+        from ganq.runtime import resolve_model, session
+
+        self.path = resolve_model(model)
+        if not self.path.is_file():
+            raise GanqError(f"{self.path}: no such feature network")
+        try:
+            proto = onnx.load(str(self.path))
+        except Exception as e:
+            raise GanqError(f"{self.path}: not an ONNX model ({type(e).__name__})") from None
+        meta = {p.key: p.value for p in proto.metadata_props}
+        if META_FEATURES not in meta:
+            raise GanqError(f"{self.path}: not a ganq feature network (no '{META_FEATURES}' metadata); "
+                            "make one with `ganq train-classifier`")
+        self.info = json.loads(meta[META_FEATURES])
+        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.session = session(self.path, provider, threads)
+        self.input = self.session.get_inputs()[0].name
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.info["image_shape"])
+
+    def __call__(self, images: np.ndarray, batch: int = 500, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N, H, W, C] -> (logits float32 [N, classes], features float32 [N, D])."""
+        from ganq.runtime import to_float
+
+        c, h, w = self.image_shape
+        if images.ndim != 4 or images.shape[1:] != (h, w, c):
+            raise GanqError(f"feature network {self.path.name} takes {h}x{w}x{c} images, got "
+                            f"{'x'.join(map(str, images.shape[1:]))}")
+        logits, feats = [], []
+        for i in range(0, len(images), batch):
+            lo, fe = self.session.run(["logits", "features"], {self.input: to_float(images[i:i + batch])})
+            logits.append(lo)
+            feats.append(fe)
+            if progress:
+                progress(len(lo))
+        return np.concatenate(logits), np.concatenate(feats)

@@ -1,0 +1,207 @@
+"""Metrics as pure numpy functions: features -> statistics -> score.
+
+Argument order everywhere: (fake, real) -- the GENERATED set first, as torch-fidelity's features_1.
+Features are numpy.ndarray([N, D]) of float32 or float64; distances are computed in float64, in row blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ganq.errors import GanqError
+
+BLOCK = 2048
+
+
+def _as2d(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise GanqError(f"{name}: expected features [N >= 2, D], got shape {x.shape}")
+    return x.astype(np.float64, copy=False)
+
+
+def _blocks(a: np.ndarray, b: np.ndarray, block: int = BLOCK):
+    """Yield (row offset, euclidean distances [rows, len(b)]) for row blocks of a (float64, clipped at 0)."""
+    b2 = np.einsum("ij,ij->i", b, b)
+    for i in range(0, len(a), block):
+        rows = a[i:i + block]
+        d2 = np.einsum("ij,ij->i", rows, rows)[:, None] + b2[None, :] - 2.0 * rows @ b.T
+        yield i, np.sqrt(np.maximum(d2, 0.0))
+
+
+def knn_radii(x: np.ndarray, k: int = 3) -> np.ndarray:
+    """float64 [N]: distance of each point to its k-th nearest neighbour, the point itself excluded."""
+    x = _as2d(x, "features")
+    if not 1 <= k < len(x):
+        raise GanqError(f"k must be in [1, {len(x) - 1}] for {len(x)} samples, got {k}")
+    radii = np.empty(len(x))
+    for i, d in _blocks(x, x):
+        # the (k+1)-th smallest, the point itself being the 0-th (distance 0), as prdc and torch-fidelity do
+        radii[i:i + len(d)] = np.partition(d, k, axis=1)[:, k]
+    return radii
+
+
+def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, strict: bool) -> np.ndarray:
+    """bool [len(points)]: is each point inside any centre's ball?"""
+    hit = np.zeros(len(points), dtype=bool)
+    for i, d in _blocks(points, centres):
+        inside = d < radii[None, :] if strict else d <= radii[None, :]
+        hit[i:i + len(d)] = inside.any(axis=1)
+    return hit
+
+
+def precision_recall(fake: np.ndarray, real: np.ndarray, k: int = 3, strict: bool = False) -> dict:
+    """k-NN precision and recall (Kynkäänniemi et al. 2019).
+
+    precision: share of fake samples inside the real manifold (union of balls around real samples, radius = distance
+    to the k-th nearest real neighbour); recall: share of real samples inside the fake manifold. Membership is
+    inclusive (<=) as in the paper's code and torch-fidelity; strict=True gives prdc's <."""
+    fake, real = _as2d(fake, "fake"), _as2d(real, "real")
+    precision = _inside(fake, real, knn_radii(real, k), strict).mean()
+    recall = _inside(real, fake, knn_radii(fake, k), strict).mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
+def realism(fake: np.ndarray, real: np.ndarray, k: int = 3, variant: str = "paper") -> np.ndarray:
+    """float64 [len(fake)]: realism score of each fake sample against the real manifold.
+
+    paper:    max_i radius_i / d(g, r_i)  (Kynkäänniemi et al. 2019, eq. 3)
+    official: max_i radius_i^2 / d(g, r_i)^2 with radii above their median set to 0 (the authors' code)."""
+    if variant not in ("paper", "official"):
+        raise GanqError(f"realism variant must be paper or official, got {variant!r}")
+    fake, real = _as2d(fake, "fake"), _as2d(real, "real")
+    radii = knn_radii(real, k)
+    if variant == "official":
+        radii = np.where(radii > np.median(radii), 0.0, radii) ** 2
+    out = np.empty(len(fake))
+    for i, d in _blocks(fake, real):
+        if variant == "official":
+            d = d * d
+        out[i:i + len(d)] = np.max(radii[None, :] / (d + 1e-18), axis=1)
+    return out
+
+
+def density_coverage(fake: np.ndarray, real: np.ndarray, k: int = 5) -> dict:
+    """Density and coverage (Naeem et al. 2020), as prdc computes them (strict <)."""
+    fake, real = _as2d(fake, "fake"), _as2d(real, "real")
+    radii = knn_radii(real, k)
+    count = 0
+    nearest_fake = np.empty(len(real))
+    for i, d in _blocks(real, fake):
+        count += int((d < radii[i:i + len(d), None]).sum())
+        nearest_fake[i:i + len(d)] = d.min(axis=1)
+    return {"density": float(count / (k * len(fake))), "coverage": float((nearest_fake < radii).mean())}
+
+
+def inception_score(logits: np.ndarray, splits: int = 10, shuffle: bool = True, seed: int = 2020) -> dict:
+    """Inception Score as torch-fidelity >= 0.4.0: logits [N, classes]; samples shuffled with RandomState(seed),
+    softmax in float64, `splits` chunks sliced at i*N//splits, mean and std (ddof 0) of exp(mean KL(p(y|x) || p(y)))."""
+    x = _as2d(logits, "logits")
+    n = len(x)
+    if not 1 <= splits <= n:
+        raise GanqError(f"splits must be in [1, {n}], got {splits}")
+    if shuffle:
+        x = x[np.random.RandomState(seed).permutation(n)]
+    log_p = x - x.max(axis=1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    p = np.exp(log_p)
+    scores = []
+    for i in range(splits):
+        lo, hi = i * n // splits, (i + 1) * n // splits
+        q = p[lo:hi].mean(axis=0, keepdims=True)
+        scores.append(float(np.exp((p[lo:hi] * (log_p[lo:hi] - np.log(q))).sum(axis=1).mean())))
+    return {"is_mean": float(np.mean(scores)), "is_std": float(np.std(scores))}
+
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [D], covariance [D, D]) in float64, the statistics FID compares."""
+    x = _as2d(features, "features")
+    return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+def fid_from_stats(stats_fake, stats_real) -> float:
+    """Fréchet distance of two Gaussians, with tr sqrt(S1 S2) from the eigenvalues as torch-fidelity does."""
+    (mu1, s1), (mu2, s2) = stats_fake, stats_real
+    diff = mu1 - mu2
+    tr_covmean = np.sum(np.sqrt(np.linalg.eigvals(s1 @ s2).astype(np.complex128)).real)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+
+
+def fid(fake: np.ndarray, real: np.ndarray) -> float:
+    return fid_from_stats(gaussian_stats(fake), gaussian_stats(real))
+
+
+def _mmd2_unbiased(k_xx, k_xy, k_yy) -> float:
+    m = len(k_xx)
+    sum_xx = k_xx.sum() - np.trace(k_xx)
+    sum_yy = k_yy.sum() - np.trace(k_yy)
+    return float((sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m))
+
+
+def kid(fake: np.ndarray, real: np.ndarray, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
+        coef0: float = 1.0, gamma: float | None = None, seed: int = 2020) -> dict:
+    """Kernel Inception Distance as torch-fidelity: polynomial kernel (x.y * gamma + coef0)^degree with
+    gamma = 1/D, `subsets` subsets of `subset_size` drawn without replacement by RandomState(seed) (fake, then
+    real, per subset), unbiased MMD^2; mean and std (ddof 0)."""
+    fake, real = _as2d(fake, "fake"), _as2d(real, "real")
+    if subset_size > min(len(fake), len(real)):
+        raise GanqError(f"KID subset size {subset_size} is larger than the samples ({len(fake)} fake, "
+                        f"{len(real)} real); lower --kid-subset-size")
+    gamma = 1.0 / fake.shape[1] if gamma is None else gamma
+    rng = np.random.RandomState(seed)
+    mmds = np.empty(subsets)
+    for s in range(subsets):
+        f = fake[rng.choice(len(fake), subset_size, replace=False)]
+        r = real[rng.choice(len(real), subset_size, replace=False)]
+        kern = lambda a, b: (a @ b.T * gamma + coef0) ** degree  # noqa: E731
+        mmds[s] = _mmd2_unbiased(kern(f, f), kern(f, r), kern(r, r))
+    return {"kid_mean": float(mmds.mean()), "kid_std": float(mmds.std())}
+
+
+def manifold_metrics(fake: np.ndarray, real: np.ndarray, k: int = 3, strict: bool = False,
+                     realism_variant: str = "paper", dc_k: int = 5) -> dict:
+    """Every k-NN metric from one pass over each distance matrix (real-real, fake-fake, fake-real).
+
+    Equal to precision_recall, realism (both directions, averaged) and density_coverage; faster together."""
+    if realism_variant not in ("paper", "official"):
+        raise GanqError(f"realism variant must be paper or official, got {realism_variant!r}")
+    fake, real = _as2d(fake, "fake"), _as2d(real, "real")
+    kmax = max(k, dc_k)
+    for name, x in (("fake", fake), ("real", real)):
+        if kmax >= len(x):
+            raise GanqError(f"k must be smaller than the number of {name} samples ({len(x)})")
+
+    def radii(x):
+        out = np.empty((len(x), 2))
+        for i, d in _blocks(x, x):
+            part = np.partition(d, (k, dc_k), axis=1)
+            out[i:i + len(d)] = part[:, [k, dc_k]]
+        return out[:, 0], out[:, 1]
+
+    r_real, r_real_dc = radii(real)
+    r_fake, _ = radii(fake)
+
+    def realism_radii(r):
+        return np.where(r > np.median(r), 0.0, r) ** 2 if realism_variant == "official" else r
+
+    rr_real, rr_fake = realism_radii(r_real), realism_radii(r_fake)
+    in_real = np.zeros(len(fake), bool)
+    realism_fake = np.empty(len(fake))
+    recall_hit = np.zeros(len(real), bool)
+    realism_real = np.zeros(len(real))
+    density_count = 0
+    nearest_fake = np.full(len(real), np.inf)
+    for i, d in _blocks(fake, real):
+        rows = slice(i, i + len(d))
+        inside = d < r_real[None, :] if strict else d <= r_real[None, :]
+        in_real[rows] = inside.any(axis=1)
+        covered = d < r_fake[rows, None] if strict else d <= r_fake[rows, None]
+        recall_hit |= covered.any(axis=0)
+        density_count += int((d < r_real_dc[None, :]).sum())
+        nearest_fake = np.minimum(nearest_fake, d.min(axis=0))
+        dd = d * d if realism_variant == "official" else d
+        realism_fake[rows] = np.max(rr_real[None, :] / (dd + 1e-18), axis=1)
+        realism_real = np.maximum(realism_real, np.max(rr_fake[rows, None] / (dd + 1e-18), axis=0))
+    return {"precision": float(in_real.mean()), "recall": float(recall_hit.mean()),
+            "realism_precision": float(realism_fake.mean()), "realism_recall": float(realism_real.mean()),
+            "density": float(density_count / (dc_k * len(fake))), "coverage": float((nearest_fake < r_real_dc).mean())}

@@ -1,0 +1,1 @@
+"""ganq.report (torch-free)."""
