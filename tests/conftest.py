@@ -93,3 +93,20 @@ def need_real(name: str):
     if found is None:
         pytest.skip(f"real {name} not found (looked in {', '.join(looked)}); set GANQ_TEST_DATA to run this test")
     return real_data_root()
+
+
+@pytest.fixture(scope="session")
+def toy_data_root(tmp_path_factory):
+    return make_idx_root(tmp_path_factory.mktemp("toy"), n_train=512, n_test=200)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(toy_data_root, tmp_path_factory):
+    """A classifier trained briefly on the toy digits (whose label sets a bright square's position)."""
+    torch = pytest.importorskip("torch")
+    from ganq.train.classifier import train_classifier
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("clf") / "toy-classifier.onnx"
+    info = train_classifier("mnist", out, epochs=2, batch_size=64, width=8, data_root=toy_data_root)
+    return out, info

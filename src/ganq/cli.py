@@ -307,6 +307,63 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
     _emit(r, as_json, render)
 
 
+@app.command()
+@handles_errors
+def bench(models: Annotated[list[str], typer.Argument(help="Generator .onnx files (or zoo:NAME)")],
+          batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated")] = "1,64",
+          threads: Annotated[str, typer.Option(help="Thread counts, comma-separated")] = "1,2",
+          warmup: int = 10, repeat: int = 50,
+          provider: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+          qdq: Annotated[str, typer.Option(help="keep, fold or both: onnxruntime's handling of "
+                                                "DequantizeLinear (fold = session.disable_quant_qdq=1)")] = "keep",
+          vs_torch: Annotated[Optional[Path], typer.Option("--vs-torch", help="Also time this run folder's "
+                                                            "PyTorch generator")] = None,
+          as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Time generators in onnxruntime like a device would: load, latency p50/p95, images/s, peak memory."""
+    from ganq.runtime import PROVIDERS, resolve_model
+    from ganq.runtime.bench import QDQ_MODES, BenchJob, machine, parse_ints, run_isolated
+
+    batches, thread_counts = parse_ints(batch, "--batch"), parse_ints(threads, "--threads")
+    if provider not in PROVIDERS:
+        raise GanqError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    modes = list(QDQ_MODES) if qdq == "both" else [qdq]
+    if any(m not in QDQ_MODES for m in modes):
+        raise GanqError(f"--qdq must be keep, fold or both, got {qdq!r}")
+    if warmup < 0 or repeat < 1:
+        raise GanqError("--warmup must be >= 0 and --repeat >= 1")
+    paths = [str(resolve_model(m)) for m in models]
+    for p in paths:
+        if not Path(p).is_file():
+            raise GanqError(f"{p}: no such file")
+    jobs = [BenchJob(p, b, t, warmup, repeat, provider, m) for p in paths for m in modes
+            for t in thread_counts for b in batches]
+    if vs_torch is not None:
+        _need_torch("--vs-torch")
+        jobs += [BenchJob(str(vs_torch), b, t, warmup, repeat, "cpu", "keep", "torch")
+                 for t in thread_counts for b in batches]
+    before = machine()
+    if before["load1"] > 0.5 * (before["cpus"] or 1):
+        err_console.print(f"warning: load average {before['load1']:.2f} on {before['cpus']} cores: other work "
+                          "competes for the CPU and the timings will be slower and noisier", highlight=False)
+    results = []
+    with err_console.status("bench") as status:
+        for i, job in enumerate(jobs, 1):
+            status.update(f"bench {i}/{len(jobs)}: {Path(job.model).name} batch {job.batch} threads {job.threads}")
+            results.append(run_isolated(job))
+    report = {"machine_before": before, "machine_after": machine(), "results": results}
+
+    def render(r):
+        rows = [[Path(x["model"]).name + (" (torch)" if x["engine"] == "torch" else ""), x["qdq"] if x["engine"] !=
+                 "torch" else "-", x["batch"], x["threads"], f"{x['load_ms']:.1f}", f"{x['p50_ms']:.3f}",
+                 f"{x['p95_ms']:.3f}", f"{x['images_per_s']:,.0f}", f"{x['peak_rss_mb']:.0f}",
+                 _size(x["file_bytes"])] for x in r["results"]]
+        out_console.print(_table("bench", ["model", "qdq", "batch", "threads", "load ms", "p50 ms", "p95 ms",
+                                           "images/s", "peak MB", "size"], rows))
+        out_console.print(f"load average before {r['machine_before']['load1']:.2f}, after "
+                          f"{r['machine_after']['load1']:.2f} ({r['machine_before']['cpus']} cores)", highlight=False)
+    _emit(report, as_json, render)
+
+
 def main():
     app()
 
