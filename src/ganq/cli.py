@@ -364,6 +364,54 @@ def bench(models: Annotated[list[str], typer.Argument(help="Generator .onnx file
     _emit(report, as_json, render)
 
 
+@app.command()
+@handles_errors
+def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.onnx, zoo:NAME, or MODEL@DATASET")],
+          out: Annotated[Path, typer.Option(help="Report folder")],
+          dataset: Annotated[Optional[str], typer.Option(help="Data set for models without @DATASET "
+                                                         "(default: each model's spec)")] = None,
+          bits: Annotated[str, typer.Option(help="Bit widths; 32 is the float model")] = "32,8,7,6,5,4,3",
+          format: Annotated[str, typer.Option("--format", help="fake, int or packed")] = "packed",
+          granularity: Annotated[str, typer.Option(help="tensor or channel")] = "tensor",
+          fold_bn: Annotated[bool, typer.Option("--fold-bn")] = False,
+          n: Annotated[int, typer.Option(help="Generated and real samples per row")] = 10000,
+          seed: int = 0,
+          features: Annotated[Optional[str], typer.Option(help="Feature network (default: "
+                                                          "zoo:DATASET-classifier)")] = None,
+          speed: Annotated[bool, typer.Option(help="Measure images/s at batch 64")] = True,
+          data_root: DataRoot = None,
+          as_json: Annotated[bool, typer.Option("--json")] = False):
+    """The study as one command: quantize to each bit width, evaluate, and write figures and a report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ganq.evaluate import EvalOptions
+    from ganq.report import SweepSettings, parse_bits, sweep as run_sweep
+
+    settings = SweepSettings(bits=parse_bits(bits), format=format, granularity=granularity, fold_bn=fold_bn, n=n,
+                             seed=seed, speed=speed, eval=EvalOptions(n=n, seed=seed))
+    with Progress(TextColumn("sweep {task.fields[now]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console) as bar:
+        task = bar.add_task("sweep", total=len(models) * len(settings.bits), now="")
+        state = {"first": True}
+
+        def progress(name, b):
+            if not state["first"]:
+                bar.advance(task)
+            state["first"] = False
+            bar.update(task, now=f"{name} {'fp32' if b == 32 else f'{b}-bit'}")
+        r = run_sweep(models, settings, out, dataset, features, data_root, progress)
+        bar.update(task, completed=len(models) * len(settings.bits), now="done")
+
+    def render(r):
+        rows = [[x["model"], "fp32" if x["bits"] == 32 else x["bits"], f"{x['is_mean']:.3f}", f"{x['fid']:.2f}",
+                 f"{x['precision']:.3f}", f"{x['recall']:.3f}", f"{x['realism_precision']:.3f}", _size(x["bytes_file"]),
+                 f"{x['images_per_s']:,.0f}" if x.get("images_per_s") else "-"] for x in r["rows"]]
+        out_console.print(_table("sweep", ["model", "bits", "IS", "FID", "precision", "recall", "realism",
+                                           "file", "img/s"], rows))
+        out_console.print(f"report: {r['index']}", highlight=False)
+    _emit(r, as_json, render)
+
+
 def main():
     app()
 

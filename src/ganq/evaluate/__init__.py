@@ -88,8 +88,9 @@ class FeatureCache:
         return logits, feats
 
 
-def score(fake_logits, fake_feats, real_logits, real_feats, opts: EvalOptions) -> dict:
-    """Every metric from features (fake first)."""
+def score(fake_logits, fake_feats, real_logits, real_feats, opts: EvalOptions, real_sq_radii=None) -> dict:
+    """Every metric from features (fake first). real_sq_radii: metrics.sq_radii(real_feats, (opts.k, opts.dc_k)),
+    to reuse when many fake sets meet the same real set."""
     out = {}
     out.update(metrics.inception_score(fake_logits, shuffle=opts.shuffle))
     out["is_real"] = metrics.inception_score(real_logits, shuffle=opts.shuffle)["is_mean"]
@@ -97,7 +98,7 @@ def score(fake_logits, fake_feats, real_logits, real_feats, opts: EvalOptions) -
     subset = min(opts.kid_subset_size, len(fake_feats), len(real_feats))
     out.update(metrics.kid(fake_feats, real_feats, subsets=opts.kid_subsets, subset_size=subset))
     out.update(metrics.manifold_metrics(fake_feats, real_feats, k=opts.k, strict=opts.strict,
-                                        realism_variant=opts.realism, dc_k=opts.dc_k))
+                                        realism_variant=opts.realism, dc_k=opts.dc_k, real_sq_radii=real_sq_radii))
     return out
 
 

@@ -150,58 +150,84 @@ def kid(fake: np.ndarray, real: np.ndarray, subsets: int = 100, subset_size: int
     gamma = 1.0 / fake.shape[1] if gamma is None else gamma
     rng = np.random.RandomState(seed)
     mmds = np.empty(subsets)
+
+    def kern(a, b):
+        base = a @ b.T
+        base *= gamma
+        base += coef0
+        out = base.copy()
+        for _ in range(degree - 1):  # repeated products: far faster than a float power
+            out *= base
+        return out
+
     for s in range(subsets):
         f = fake[rng.choice(len(fake), subset_size, replace=False)]
         r = real[rng.choice(len(real), subset_size, replace=False)]
-        kern = lambda a, b: (a @ b.T * gamma + coef0) ** degree  # noqa: E731
         mmds[s] = _mmd2_unbiased(kern(f, f), kern(f, r), kern(r, r))
     return {"kid_mean": float(mmds.mean()), "kid_std": float(mmds.std())}
 
 
-def manifold_metrics(fake: np.ndarray, real: np.ndarray, k: int = 3, strict: bool = False,
-                     realism_variant: str = "paper", dc_k: int = 5) -> dict:
-    """Every k-NN metric from one pass over each distance matrix (real-real, fake-fake, fake-real).
+def _sq_blocks(a: np.ndarray, b: np.ndarray, block: int = BLOCK):
+    """Like _blocks, but squared distances: comparisons and ratio maxima need no square root."""
+    b2 = np.einsum("ij,ij->i", b, b)
+    for i in range(0, len(a), block):
+        rows = a[i:i + block]
+        d2 = rows @ b.T
+        d2 *= -2.0
+        d2 += np.einsum("ij,ij->i", rows, rows)[:, None]
+        d2 += b2[None, :]
+        np.maximum(d2, 0.0, out=d2)
+        yield i, d2
 
-    Equal to precision_recall, realism (both directions, averaged) and density_coverage; faster together."""
+
+def sq_radii(x: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+    """float64 [len(ks), N]: squared distance of each point to its k-th nearest neighbour (itself excluded)."""
+    x = _as2d(x, "features")
+    for k in ks:
+        if not 1 <= k < len(x):
+            raise GanqError(f"k must be in [1, {len(x) - 1}] for {len(x)} samples, got {k}")
+    out = np.empty((len(ks), len(x)))
+    for i, d2 in _sq_blocks(x, x):
+        out[:, i:i + len(d2)] = np.partition(d2, ks, axis=1)[:, list(ks)].T
+    return out
+
+
+def manifold_metrics(fake: np.ndarray, real: np.ndarray, k: int = 3, strict: bool = False,
+                     realism_variant: str = "paper", dc_k: int = 5, real_sq_radii: np.ndarray | None = None) -> dict:
+    """Every k-NN metric from one pass over each distance matrix (real-real, fake-fake, fake-real), in squared
+    distances. Equal to precision_recall, realism (both directions, averaged) and density_coverage.
+
+    real_sq_radii: sq_radii(real, (k, dc_k)), to reuse across calls with the same real set."""
     if realism_variant not in ("paper", "official"):
         raise GanqError(f"realism variant must be paper or official, got {realism_variant!r}")
     fake, real = _as2d(fake, "fake"), _as2d(real, "real")
-    kmax = max(k, dc_k)
-    for name, x in (("fake", fake), ("real", real)):
-        if kmax >= len(x):
-            raise GanqError(f"k must be smaller than the number of {name} samples ({len(x)})")
+    r2_real, r2_real_dc = sq_radii(real, (k, dc_k)) if real_sq_radii is None else real_sq_radii
+    (r2_fake,) = sq_radii(fake, (k,))
 
-    def radii(x):
-        out = np.empty((len(x), 2))
-        for i, d in _blocks(x, x):
-            part = np.partition(d, (k, dc_k), axis=1)
-            out[i:i + len(d)] = part[:, [k, dc_k]]
-        return out[:, 0], out[:, 1]
+    def realism_weights(r2):
+        # paper: max r/d = sqrt(max r^2/d^2); official: max r^2/d^2 with radii above the median dropped
+        return np.where(r2 > np.median(r2), 0.0, r2) if realism_variant == "official" else r2
 
-    r_real, r_real_dc = radii(real)
-    r_fake, _ = radii(fake)
-
-    def realism_radii(r):
-        return np.where(r > np.median(r), 0.0, r) ** 2 if realism_variant == "official" else r
-
-    rr_real, rr_fake = realism_radii(r_real), realism_radii(r_fake)
+    w_real, w_fake = realism_weights(r2_real), realism_weights(r2_fake)
     in_real = np.zeros(len(fake), bool)
     realism_fake = np.empty(len(fake))
     recall_hit = np.zeros(len(real), bool)
     realism_real = np.zeros(len(real))
     density_count = 0
     nearest_fake = np.full(len(real), np.inf)
-    for i, d in _blocks(fake, real):
-        rows = slice(i, i + len(d))
-        inside = d < r_real[None, :] if strict else d <= r_real[None, :]
-        in_real[rows] = inside.any(axis=1)
-        covered = d < r_fake[rows, None] if strict else d <= r_fake[rows, None]
-        recall_hit |= covered.any(axis=0)
-        density_count += int((d < r_real_dc[None, :]).sum())
-        nearest_fake = np.minimum(nearest_fake, d.min(axis=0))
-        dd = d * d if realism_variant == "official" else d
-        realism_fake[rows] = np.max(rr_real[None, :] / (dd + 1e-18), axis=1)
-        realism_real = np.maximum(realism_real, np.max(rr_fake[rows, None] / (dd + 1e-18), axis=0))
+    for i, d2 in _sq_blocks(fake, real):
+        rows = slice(i, i + len(d2))
+        cmp = np.less if strict else np.less_equal
+        in_real[rows] = cmp(d2, r2_real[None, :]).any(axis=1)
+        recall_hit |= cmp(d2, r2_fake[rows, None]).any(axis=0)
+        density_count += int(np.count_nonzero(d2 < r2_real_dc[None, :]))
+        np.minimum(nearest_fake, d2.min(axis=0), out=nearest_fake)
+        inv = 1.0 / (d2 + 1e-36)
+        realism_fake[rows] = np.max(w_real[None, :] * inv, axis=1)
+        np.maximum(realism_real, np.max(w_fake[rows, None] * inv, axis=0), out=realism_real)
+    if realism_variant == "paper":
+        realism_fake, realism_real = np.sqrt(realism_fake), np.sqrt(realism_real)
     return {"precision": float(in_real.mean()), "recall": float(recall_hit.mean()),
             "realism_precision": float(realism_fake.mean()), "realism_recall": float(realism_real.mean()),
-            "density": float(density_count / (dc_k * len(fake))), "coverage": float((nearest_fake < r_real_dc).mean())}
+            "density": float(density_count / (dc_k * len(fake))),
+            "coverage": float((nearest_fake < r2_real_dc).mean())}
