@@ -152,3 +152,10 @@ def test_real_cifar_jpeg_copy():
     assert ds.images.shape == (10000, 32, 32, 3) and np.bincount(ds.labels).tolist() == [1000] * 10
     # the README's per-channel train means are 125.3/122.9/113.9; the test split is close to them
     assert np.allclose(ds.images.reshape(-1, 3).mean(0), [126.0, 123.7, 114.9], atol=2.0)
+
+
+def test_limit_is_class_balanced_and_ordered():
+    labels = np.repeat(np.arange(3), 5)  # stored class by class
+    keep = data.balanced_head(labels, 6)
+    assert np.bincount(labels[keep]).tolist() == [2, 2, 2] and list(keep) == sorted(keep)
+    assert len(data.balanced_head(np.array([0, 0, 0, 1]), 4)) == 4

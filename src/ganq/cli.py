@@ -262,6 +262,40 @@ def train_classifier_cmd(dataset: Annotated[str, typer.Option(help="Data set to 
         f"{r['test_accuracy']:.4f} after {epochs} epochs ({r['train_seconds']:.0f} s)", highlight=False))
 
 
+@app.command("convert-features")
+@handles_errors
+def convert_features(kind: Annotated[str, typer.Argument(help="inception or vgg16")],
+                     weights: Annotated[Path, typer.Option(help="The weights file you have (see --help)")],
+                     out: Annotated[Path, typer.Option(help="Output .onnx")],
+                     dataset: Annotated[Optional[str], typer.Option(help="Make it for this data set's images")] = None,
+                     image_shape: Annotated[Optional[str], typer.Option(help="C,H,W instead of --dataset")] = None,
+                     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the sha256 check")] = False,
+                     as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Convert torch-fidelity's Inception-v3 or VGG16 (from your weights file) into an ONNX feature network.
+
+    inception: pt_inception-2015-12-05-6726825d.pth (torch-fidelity's release); vgg16: torchvision's
+    vgg16-397923af.pth. Nothing is downloaded."""
+    _need_torch("convert-features")
+    from ganq.export.features import convert
+
+    if (dataset is None) == (image_shape is None):
+        raise GanqError("give exactly one of --dataset and --image-shape")
+    if dataset is not None:
+        from ganq import data
+        shape = data.get_entry(dataset).shape
+    else:
+        try:
+            shape = tuple(int(v) for v in image_shape.split(","))
+            assert len(shape) == 3
+        except (ValueError, AssertionError):
+            raise GanqError(f"--image-shape must be C,H,W, got {image_shape!r}") from None
+    with err_console.status(f"converting {kind}"):
+        r = convert(kind, weights, out, shape, check=not no_check)
+    _emit(r, as_json, lambda r: out_console.print(
+        f"{r['out']}  {kind} for {'x'.join(map(str, r['image_shape']))} images, {r['feature_dim']}-d features; "
+        f"parity with torch-fidelity: relative max |diff| {r['parity_rel_diff']:.2e}", highlight=False))
+
+
 METRIC_ROWS = [("is_mean", "Inception Score"), ("fid", "FID"), ("kid_mean", "KID"), ("precision", "precision"),
                ("recall", "recall"), ("realism_precision", "realism precision"),
                ("realism_recall", "realism recall"), ("density", "density"), ("coverage", "coverage")]

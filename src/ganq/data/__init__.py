@@ -222,6 +222,16 @@ def _download(entry: Entry) -> Path:
     return found
 
 
+def balanced_head(labels: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of `limit` samples taken round-robin over the classes in file order, returned in file order.
+
+    A data set stored class by class (an image folder) then still gives every class to --limit."""
+    per_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    depth = max(len(p) for p in per_class)
+    order = [p[i] for i in range(depth) for p in per_class if i < len(p)]
+    return np.sort(np.asarray(order[:limit], dtype=np.int64))
+
+
 def load(name: str, split: str = "train", data_root=None, download: bool = False, limit: int | None = None,
          image_size: int | None = None, channels: int | None = None) -> Dataset:
     """Load a data set by name (or folder:PATH) as uint8 NHWC images, int64 labels."""
@@ -240,6 +250,7 @@ def load(name: str, split: str = "train", data_root=None, download: bool = False
             raise GanqError(f"{name} not found; looked in {', '.join(looked)}; {entry.how_to_get}")
         found = _download(entry)
     images, labels, classes = entry.load(found, split)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+    if limit is not None and limit < len(images):
+        keep = balanced_head(labels, limit)
+        images, labels = images[keep], labels[keep]
     return Dataset(name, split, np.ascontiguousarray(images), labels, list(classes or entry.classes), str(found))

@@ -77,12 +77,12 @@ class FeatureCache:
         p = self.path(net, dataset, split, n, seed)
         if p.exists():
             with np.load(p, allow_pickle=False) as z:
-                return z["logits"], z["features"]
+                return (z["logits"] if "logits" in z else None), z["features"]
         logits, feats = net(real_images(dataset, n, split, seed, data_root), progress=progress)
         try:
             with atomic_path(p) as tmp:
                 with open(tmp, "wb") as fh:
-                    np.savez(fh, logits=logits, features=feats)
+                    np.savez(fh, features=feats, **({"logits": logits} if logits is not None else {}))
         except OSError:
             pass  # a read-only cache costs time, not results
         return logits, feats
@@ -91,9 +91,10 @@ class FeatureCache:
 def score(fake_logits, fake_feats, real_logits, real_feats, opts: EvalOptions, real_sq_radii=None) -> dict:
     """Every metric from features (fake first). real_sq_radii: metrics.sq_radii(real_feats, (opts.k, opts.dc_k)),
     to reuse when many fake sets meet the same real set."""
-    out = {}
-    out.update(metrics.inception_score(fake_logits, shuffle=opts.shuffle))
-    out["is_real"] = metrics.inception_score(real_logits, shuffle=opts.shuffle)["is_mean"]
+    out = {"is_mean": None, "is_std": None, "is_real": None}  # a network without logits (vgg16) has no IS
+    if fake_logits is not None and real_logits is not None:
+        out.update(metrics.inception_score(fake_logits, shuffle=opts.shuffle))
+        out["is_real"] = metrics.inception_score(real_logits, shuffle=opts.shuffle)["is_mean"]
     out["fid"] = metrics.fid(fake_feats, real_feats)
     subset = min(opts.kid_subset_size, len(fake_feats), len(real_feats))
     out.update(metrics.kid(fake_feats, real_feats, subsets=opts.kid_subsets, subset_size=subset))
@@ -124,7 +125,8 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
     fake = g.generate(opts.n, opts.seed, opts.batch, progress)
     fake_logits, fake_feats = net(fake, opts.batch, progress)
     out = score(fake_logits, fake_feats, real_logits, real_feats, opts)
-    fake_classes = np.bincount(fake_logits.argmax(1), minlength=fake_logits.shape[1])
+    fake_classes = (np.bincount(fake_logits.argmax(1), minlength=fake_logits.shape[1]) if fake_logits is not None
+                    else np.zeros(0, int))
     out.update({"model": str(g.path), "dataset": dataset, "features": str(net.path),
                 "feature_dim": int(fake_feats.shape[1]), "options": asdict(opts),
                 "class_histogram": fake_classes.tolist(), "seconds": round(time.perf_counter() - t0, 2)})

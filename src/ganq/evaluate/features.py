@@ -36,24 +36,31 @@ class FeatureNet:
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.session = session(self.path, provider, threads)
         self.input = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        if "features" not in self.outputs:
+            raise GanqError(f"{self.path}: feature network has no 'features' output")
+        self.has_logits = "logits" in self.outputs
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.info["image_shape"])
 
     def __call__(self, images: np.ndarray, batch: int = 500, progress=None) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 [N, H, W, C] -> (logits float32 [N, classes], features float32 [N, D])."""
+        """uint8 [N, H, W, C] -> (logits float32 [N, classes] or None when the network has none (vgg16),
+        features float32 [N, D])."""
         from ganq.runtime import to_float
 
         c, h, w = self.image_shape
         if images.ndim != 4 or images.shape[1:] != (h, w, c):
             raise GanqError(f"feature network {self.path.name} takes {h}x{w}x{c} images, got "
                             f"{'x'.join(map(str, images.shape[1:]))}")
+        names = ["features"] + (["logits"] if self.has_logits else [])
         logits, feats = [], []
         for i in range(0, len(images), batch):
-            lo, fe = self.session.run(["logits", "features"], {self.input: to_float(images[i:i + batch])})
-            logits.append(lo)
-            feats.append(fe)
+            res = self.session.run(names, {self.input: to_float(images[i:i + batch])})
+            feats.append(res[0])
+            if self.has_logits:
+                logits.append(res[1])
             if progress:
-                progress(len(lo))
-        return np.concatenate(logits), np.concatenate(feats)
+                progress(len(res[0]))
+        return (np.concatenate(logits) if logits else None), np.concatenate(feats)

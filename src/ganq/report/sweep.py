@@ -160,7 +160,8 @@ def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, fe
                        "bytes_file": qrep["bytes_file"], "bytes_ideal": qrep["bytes_ideal"],
                        "bytes_fp32": qrep["bytes_fp32"], "bytes_gzip": qrep["bytes_gzip"],
                        **{k: v for k, v in metrics.items()},
-                       "class_histogram": np.bincount(logits.argmax(1), minlength=logits.shape[1]).tolist(),
+                       "class_histogram": (np.bincount(logits.argmax(1), minlength=logits.shape[1]).tolist()
+                                           if logits is not None else []),
                        "seconds": round(time.perf_counter() - t0, 2)}
                 row["images_per_s"] = _speed(qpath) if settings.speed else None
                 grid = images[:GRID]
