@@ -117,7 +117,8 @@ def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar
           latent_dim: int = 100, seed: int = 0,
           limit: Annotated[Optional[int], typer.Option(help="Train on the first N images only")] = None,
           label_smoothing: Annotated[float, typer.Option(help="Real label 1-s for the discriminator")] = 0.0,
-          dropout: Annotated[float, typer.Option(help="Dropout in the discriminator")] = 0.0,
+          dropout: Annotated[Optional[float], typer.Option(help="Dropout in the discriminator "
+                                                            "(default 0.3 for fc4, else 0)")] = None,
           image_size: Annotated[Optional[int], typer.Option(help="Resize folder images to SxS")] = None,
           channels: Annotated[Optional[int], typer.Option(help="1 or 3, for folder:PATH data")] = None,
           device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",

@@ -38,12 +38,14 @@ class TrainConfig:
     seed: int = 0
     limit: int | None = None
     label_smoothing: float = 0.0
-    dropout: float = 0.0
+    dropout: float | None = None  # None: the architecture's default (0.3 for fc4, as FC GANs need; else 0)
     image_size: int | None = None
     channels: int | None = None
     grid: int = 64
 
     def __post_init__(self):
+        if self.dropout is None:
+            object.__setattr__(self, "dropout", 0.3 if self.arch == "fc4" else 0.0)
         if self.epochs < 1:
             raise GanqError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
