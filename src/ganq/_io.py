@@ -11,9 +11,16 @@ from pathlib import Path
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike):
     """Yield a temporary path in target's folder; rename it to target only if the block succeeds."""
+    from ganq.errors import GanqError
+
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise GanqError(f"{target}: is a folder, not a file to write")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise GanqError(f"{target}: cannot write here ({e.strerror or e})") from None
     os.close(fd)
     try:
         yield Path(tmp)

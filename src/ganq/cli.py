@@ -178,9 +178,11 @@ def _render_quant(r: dict) -> None:
     title = (f"{r['bits']}-bit {r['method']} per {r['granularity']}, format {r['format']}"
              + (f", {r['bn_folded']} BatchNorm folded" if r["fold_bn"] else ""))
     out_console.print(_table(title, ["tensor", "op", "shape", "params", "fp32", "ideal", "stored", "levels"], rows))
-    out_console.print(_table("model size", ["fp32", f"ideal {r['bits']}-bit", "file", "gzip", "source file"],
-                             [[_size(r["bytes_fp32"]), _size(r["bytes_ideal"]), _size(r["bytes_file"]),
-                               _size(r["bytes_gzip"]), _size(r["bytes_source_file"])]]))
+    out_console.print(_table("model size", ["params quantized", "params float", "fp32", f"ideal {r['bits']}-bit",
+                                            "file", "gzip", "file / fp32"],
+                             [[f"{r['params_quantized']:,}", f"{r['params_float']:,}", _size(r["bytes_fp32"]),
+                               _size(r["bytes_ideal"]), _size(r["bytes_file"]), _size(r["bytes_gzip"]),
+                               f"{r['ratio_to_fp32']:.3f}"]]))
     out_console.print(f"wrote {r['out']} ({r['bytes_file'] / r['bytes_fp32']:.3f} of fp32)", highlight=False)
 
 

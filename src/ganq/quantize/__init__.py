@@ -61,6 +61,9 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions) -> tuple[on
         model = onnx.ModelProto.FromString(model.SerializeToString())
     v = opset(model)
     targets = [] if options.bits == FLOAT_BITS else find_targets(model, options.include_bias, options.granularity)
+    if options.bits != FLOAT_BITS and not targets:
+        raise GanqError("model has no quantizable weights (float initializers feeding Conv, ConvTranspose, Gemm or "
+                        "MatMul)")
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     taken = set(inits) | {n for node in graph.node for n in list(node.input) + list(node.output)}
@@ -69,6 +72,8 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions) -> tuple[on
     rows, replaced = [], set()
     for t in targets:
         x = numpy_helper.to_array(inits[t.name]).astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            raise GanqError(f"weight {t.name} holds NaN or infinity; fix the model before quantizing it")
         scheme = make(options.method, options.bits, "tensor" if t.role == "bias" else options.granularity)
         q = scheme.quantize(x, axis=t.axis)
         if options.format == "fake":
@@ -98,7 +103,7 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions) -> tuple[on
     report = {"bits": options.bits, "method": options.method, "granularity": options.granularity,
               "format": options.format, "fold_bn": options.fold_bn, "bn_folded": folded,
               "include_bias": options.include_bias, "opset": v,
-              "params": all_params, "params_quantized": quantized_params,
+              "params": all_params, "params_quantized": quantized_params, "params_float": other,
               "bytes_fp32": 4 * all_params,
               "bytes_ideal": 4 * other + sum(r["bytes_ideal"] for r in rows),
               "tensors": rows}
@@ -111,13 +116,30 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions) -> tuple[on
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file; external data must lie inside the model's folder."""
     path = Path(path)
     if not path.is_file():
         raise GanqError(f"{path}: no such file")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and friends from protobuf
         raise GanqError(f"{path}: not an ONNX model ({type(e).__name__})") from None
+    if not model.graph.node:
+        raise GanqError(f"{path}: not an ONNX model (empty or truncated: no graph nodes)")
+    base = path.resolve().parent
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = dict((e.key, e.value) for e in t.external_data).get("location", "")
+            target = (base / loc).resolve()
+            if base not in target.parents:
+                raise GanqError(f"{path}: external data of {t.name} points outside the model's folder ({loc})")
+            if not target.is_file():
+                raise GanqError(f"{path}: external data file {loc} of {t.name} is missing")
+    try:
+        onnx.load_external_data_for_model(model, str(base))
+    except Exception as e:
+        raise GanqError(f"{path}: cannot read its external data ({type(e).__name__})") from None
+    return model
 
 
 def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions) -> dict:
@@ -128,6 +150,7 @@ def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions) ->
         tmp.write_bytes(data)
     report.update({"source": str(src), "out": str(out), "bytes_source_file": Path(src).stat().st_size,
                    "bytes_file": len(data), "bytes_gzip": len(gzip.compress(data, compresslevel=9, mtime=0))})
+    report["ratio_to_fp32"] = report["bytes_file"] / report["bytes_fp32"]
     return report
 
 

@@ -17,10 +17,33 @@ def sweep(models: list[str], settings: SweepSettings, out: str | Path, dataset: 
     out = Path(out)
     refs = parse_models(models, dataset)
     res = run_sweep(refs, settings, out, features, data_root, progress)
-    figures = write_figures(out, res["rows"], res["samples"], res["reals"])
-    write_tables(out, res["rows"], settings, refs)
-    write_pages(out, res["rows"], asdict(settings), figures)
+    figures = list(FIGURES)
+    if not _unchanged(out, res["rows"], settings, refs):  # a rerun from the cache redraws nothing
+        write_figures(out, res["rows"], res["samples"], res["reals"])
+        write_pages(out, res["rows"], asdict(settings), figures)
+        write_tables(out, res["rows"], settings, refs)
     return {"rows": res["rows"], "out": str(out), "index": str(out / "index.html"), "figures": figures}
+
+
+FIGURES = ("fig-samples.png", "fig-inception.png", "fig-precision-recall.png", "fig-realism.png",
+           "fig-quality-vs-size.png")
+
+
+def _unchanged(out: Path, rows, settings, refs) -> bool:
+    """True when results.json already holds exactly these rows and settings and every output file exists."""
+    import json
+
+    from ganq.report.sweep import _json_default
+    files = [out / f for f in FIGURES + ("report.md", "index.html", "results.csv", "results.json")]
+    if not all(f.exists() for f in files):
+        return False
+    try:
+        old = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    new = json.loads(json.dumps({"settings": asdict(settings), "models": [asdict(r) for r in refs], "rows": rows},
+                                default=_json_default))
+    return old == new
 
 
 __all__ = ["sweep", "SweepSettings", "DEFAULT_BITS", "parse_bits", "ModelRef"]
