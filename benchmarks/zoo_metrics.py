@@ -35,8 +35,8 @@ def main():
           "| class histogram |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {r['dataset']} | {r['is_mean']:.2f} ± {r['is_std']:.2f} ({r['is_real']:.2f}) "
-              f"| {r['fid']:.2f} | {r['kid_mean']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} "
+        print(f"| {r['name']} | {r['dataset']} | {r['inception_score']:.2f} ± {r['inception_score_std']:.2f} ({r['inception_score_real']:.2f}) "
+              f"| {r['fid']:.2f} | {r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} "
               f"| {r['realism_precision']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} "
               f"| {' '.join(map(str, r['class_histogram']))} |")
     out = Path(args.out)

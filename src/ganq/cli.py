@@ -269,7 +269,8 @@ def train_classifier_cmd(dataset: Annotated[str, typer.Option(help="Data set to 
 @handles_errors
 def convert_features(kind: Annotated[str, typer.Argument(help="inception or vgg16")],
                      weights: Annotated[Path, typer.Option(help="The weights file you have (see --help)")],
-                     out: Annotated[Path, typer.Option(help="Output .onnx")],
+                     out: Annotated[Optional[Path], typer.Option(help="Output .onnx (default: where `evaluate "
+                                                                 "--features KIND` looks)")] = None,
                      dataset: Annotated[Optional[str], typer.Option(help="Make it for this data set's images")] = None,
                      image_shape: Annotated[Optional[str], typer.Option(help="C,H,W instead of --dataset")] = None,
                      no_check: Annotated[bool, typer.Option("--no-check", help="Skip the sha256 check")] = False,
@@ -292,6 +293,9 @@ def convert_features(kind: Annotated[str, typer.Argument(help="inception or vgg1
             assert len(shape) == 3
         except (ValueError, AssertionError):
             raise GanqError(f"--image-shape must be C,H,W, got {image_shape!r}") from None
+    if out is None:
+        from ganq.evaluate import converted_path
+        out = converted_path(kind, shape)
     with err_console.status(f"converting {kind}"):
         r = convert(kind, weights, out, shape, check=not no_check)
     _emit(r, as_json, lambda r: out_console.print(
@@ -299,7 +303,7 @@ def convert_features(kind: Annotated[str, typer.Argument(help="inception or vgg1
         f"parity with torch-fidelity: relative max |diff| {r['parity_rel_diff']:.2e}", highlight=False))
 
 
-METRIC_ROWS = [("is_mean", "Inception Score"), ("fid", "FID"), ("kid_mean", "KID"), ("precision", "precision"),
+METRIC_ROWS = [("inception_score", "Inception Score"), ("fid", "FID"), ("kid", "KID"), ("precision", "precision"),
                ("recall", "recall"), ("realism_precision", "realism precision"),
                ("realism_recall", "realism recall"), ("density", "density"), ("coverage", "coverage")]
 
@@ -308,8 +312,8 @@ METRIC_ROWS = [("is_mean", "Inception Score"), ("fid", "FID"), ("kid_mean", "KID
 @handles_errors
 def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:NAME)")],
              dataset: Annotated[Optional[str], typer.Option(help="Real data (default: the model's spec)")] = None,
-             features: Annotated[Optional[str], typer.Option(help="Feature network .onnx "
-                                                             "(default: zoo:DATASET-classifier)")] = None,
+             features: Annotated[str, typer.Option(help="classifier (the data set's zoo classifier), inception, "
+                                                   "vgg16 (see convert-features), zoo:NAME or a .onnx")] = "classifier",
              n: Annotated[int, typer.Option(help="Generated and real samples each")] = 10000,
              seed: int = 0,
              k: Annotated[int, typer.Option(help="Neighbourhood size of precision/recall")] = 3,
@@ -321,6 +325,7 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
              provider: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
              threads: Annotated[Optional[int], typer.Option(help="onnxruntime threads")] = None,
              data_root: DataRoot = None,
+             out: Annotated[Optional[Path], typer.Option(help="Also write the JSON here")] = None,
              as_json: Annotated[bool, typer.Option("--json")] = False):
     """Generate images in onnxruntime and score them against real ones."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -334,14 +339,47 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
         task = bar.add_task("images", total=3 * n)
         r = run_eval(model, dataset, features, opts, data_root=data_root, cache=cache, provider=provider,
                      threads=threads, progress=lambda m: bar.advance(task, m))
+    if out is not None:
+        from ganq._io import write_text_atomic
+        write_text_atomic(out, json.dumps(r, indent=1) + "\n")
 
     def render(r):
-        rows = [[label, f"{r[key]:.4f}" + (f" ± {r['is_std']:.4f}" if key == "is_mean" else "")]
+        rows = [[label, "-" if r[key] is None else f"{r[key]:.4f}" + (
+                    f" ± {r['inception_score_std']:.4f}" if key == "inception_score" else "")]
                 for key, label in METRIC_ROWS]
-        rows.append(["IS of the real images", f"{r['is_real']:.4f}"])
+        if r["inception_score_real"] is not None:
+            rows.append(["IS of the real images", f"{r['inception_score_real']:.4f}"])
         out_console.print(_table(f"{r['model']} vs {r['dataset']} ({n} + {n}, {Path(r['features']).name})",
                                  ["metric", "value"], rows))
     _emit(r, as_json, render)
+
+
+@app.command("metrics")
+@handles_errors
+def metrics_cmd(fake: Annotated[Path, typer.Argument(help="Generated features, .npy [N, D]")],
+                real: Annotated[Path, typer.Argument(help="Real features, .npy [M, D]")],
+                logits_fake: Annotated[Optional[Path], typer.Option(help="Logits of the generated images, for "
+                                                                    "the Inception Score")] = None,
+                logits_real: Annotated[Optional[Path], typer.Option(help="Logits of the real images")] = None,
+                k: int = 3,
+                strict: Annotated[bool, typer.Option("--strict", help="prdc's strict < membership")] = False,
+                realism: Annotated[str, typer.Option(help="paper or official")] = "paper",
+                no_shuffle: Annotated[bool, typer.Option("--no-shuffle")] = False,
+                as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Every metric from feature arrays you extracted elsewhere (generated first, then real)."""
+    from ganq.evaluate import EvalOptions, load_features, metrics_from_arrays
+
+    f, r = load_features(fake, "fake features"), load_features(real, "real features")
+    lf = load_features(logits_fake, "fake logits") if logits_fake else None
+    lr = load_features(logits_real, "real logits") if logits_real else None
+    opts = EvalOptions(n=max(10, min(len(f), len(r))), k=k, strict=strict, realism=realism, shuffle=not no_shuffle)
+    res = metrics_from_arrays(f, r, lf, lr, opts)
+
+    def render(x):
+        rows = [[label, "-" if x[key] is None else f"{x[key]:.4f}"] for key, label in METRIC_ROWS]
+        out_console.print(_table(f"{fake.name} vs {real.name} ({x['n_fake']} + {x['n_real']}, k={k})",
+                                 ["metric", "value"], rows))
+    _emit(res, as_json, render)
 
 
 @app.command()
@@ -413,8 +451,8 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
           fold_bn: Annotated[bool, typer.Option("--fold-bn")] = False,
           n: Annotated[int, typer.Option(help="Generated and real samples per row")] = 10000,
           seed: int = 0,
-          features: Annotated[Optional[str], typer.Option(help="Feature network (default: "
-                                                          "zoo:DATASET-classifier)")] = None,
+          features: Annotated[str, typer.Option(help="classifier (each data set's zoo classifier), inception, "
+                                                "vgg16, zoo:NAME or a .onnx")] = "classifier",
           speed: Annotated[bool, typer.Option(help="Measure images/s at batch 64")] = True,
           data_root: DataRoot = None,
           as_json: Annotated[bool, typer.Option("--json")] = False):
@@ -440,7 +478,8 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
         bar.update(task, completed=len(models) * len(settings.bits), now="done")
 
     def render(r):
-        rows = [[x["model"], "fp32" if x["bits"] == 32 else x["bits"], f"{x['is_mean']:.3f}", f"{x['fid']:.2f}",
+        rows = [[x["model"], "fp32" if x["bits"] == 32 else x["bits"],
+                 "-" if x["inception_score"] is None else f"{x['inception_score']:.3f}", f"{x['fid']:.2f}",
                  f"{x['precision']:.3f}", f"{x['recall']:.3f}", f"{x['realism_precision']:.3f}", _size(x["bytes_file"]),
                  f"{x['images_per_s']:,.0f}" if x.get("images_per_s") else "-"] for x in r["rows"]]
         out_console.print(_table("sweep", ["model", "bits", "IS", "FID", "precision", "recall", "realism",

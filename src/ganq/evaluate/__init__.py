@@ -43,8 +43,33 @@ class EvalOptions:
             raise GanqError(f"--real-split must be train or test, got {self.real_split!r}")
 
 
+FEATURE_KINDS = ("classifier", "inception", "vgg16")
+
+
 def default_features(dataset: str) -> str:
     return f"zoo:{dataset}-classifier"
+
+
+def converted_path(kind: str, shape) -> Path:
+    """Where `ganq convert-features KIND` puts its ONNX by default, per image shape."""
+    from ganq.data import cache_dir
+    return cache_dir() / "feature-nets" / f"{kind}-{'x'.join(map(str, shape))}.onnx"
+
+
+def resolve_features(features: str | Path | None, dataset: str, shape) -> str:
+    """classifier (the data set's zoo classifier), inception, vgg16 (converted ones), zoo:NAME or a path."""
+    features = str(features) if features is not None else "classifier"
+    if features == "classifier":
+        return default_features(dataset)
+    if features in ("inception", "vgg16"):
+        path = converted_path(features, shape)
+        if not path.is_file():
+            raise GanqError(f"no converted {features} for {'x'.join(map(str, shape))} images at {path}; make it "
+                            f"once with `ganq convert-features {features} --weights FILE --dataset {dataset}`")
+        return str(path)
+    if features.startswith("zoo:") or Path(features).exists():
+        return features
+    raise GanqError(f"unknown feature network {features!r}; choose classifier, inception, vgg16, zoo:NAME or a path")
 
 
 def real_images(dataset: str, n: int, split: str = "test", seed: int = 0, data_root=None) -> np.ndarray:
@@ -91,10 +116,10 @@ class FeatureCache:
 def score(fake_logits, fake_feats, real_logits, real_feats, opts: EvalOptions, real_sq_radii=None) -> dict:
     """Every metric from features (fake first). real_sq_radii: metrics.sq_radii(real_feats, (opts.k, opts.dc_k)),
     to reuse when many fake sets meet the same real set."""
-    out = {"is_mean": None, "is_std": None, "is_real": None}  # a network without logits (vgg16) has no IS
+    out = {"inception_score": None, "inception_score_std": None, "inception_score_real": None}  # a network without logits (vgg16) has no IS
     if fake_logits is not None and real_logits is not None:
         out.update(metrics.inception_score(fake_logits, shuffle=opts.shuffle))
-        out["is_real"] = metrics.inception_score(real_logits, shuffle=opts.shuffle)["is_mean"]
+        out["inception_score_real"] = metrics.inception_score(real_logits, shuffle=opts.shuffle)["inception_score"]
     out["fid"] = metrics.fid(fake_feats, real_feats)
     subset = min(opts.kid_subset_size, len(fake_feats), len(real_feats))
     out.update(metrics.kid(fake_feats, real_feats, subsets=opts.kid_subsets, subset_size=subset))
@@ -115,7 +140,7 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
     dataset = dataset or g.spec.dataset
     if not dataset:
         raise GanqError(f"{model}: its spec names no data set; give --dataset")
-    net = FeatureNet(features or default_features(dataset), provider, threads)
+    net = FeatureNet(resolve_features(features, dataset, g.spec.image_shape), provider, threads)
     c, h, w = net.image_shape
     if g.spec.image_shape != (c, h, w):
         raise GanqError(f"{model} makes {'x'.join(map(str, g.spec.image_shape))} images; the feature network "
@@ -127,10 +152,46 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
     out = score(fake_logits, fake_feats, real_logits, real_feats, opts)
     fake_classes = (np.bincount(fake_logits.argmax(1), minlength=fake_logits.shape[1]) if fake_logits is not None
                     else np.zeros(0, int))
+    import json as _json
+    quant = g.metadata.get("ganq.quant")
     out.update({"model": str(g.path), "dataset": dataset, "features": str(net.path),
-                "feature_dim": int(fake_feats.shape[1]), "options": asdict(opts),
+                "features_kind": net.info.get("kind"), "n_fake": int(len(fake_feats)), "n_real": int(len(real_feats)),
+                "k": opts.k, "feature_dim": int(fake_feats.shape[1]), "options": asdict(opts),
+                "quantization": _json.loads(quant) if quant else None,
                 "class_histogram": fake_classes.tolist(), "seconds": round(time.perf_counter() - t0, 2)})
     return out
 
 
-__all__ = ["EvalOptions", "evaluate", "score", "FeatureCache", "FeatureNet", "metrics", "default_features"]
+def load_features(path: str | Path, what: str) -> np.ndarray:
+    """A [N, D] float array from .npy (never unpickled); NaN or infinity refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise GanqError(f"{path}: no such file")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise GanqError(f"{path}: not a .npy array ({str(e).splitlines()[0][:120]})") from None
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise GanqError(f"{path}: {what} must be a numeric [N, D] array, got {x.dtype} {list(x.shape)}")
+    if not np.all(np.isfinite(x)):
+        raise GanqError(f"{path}: {what} hold NaN or infinity")
+    return x
+
+
+def metrics_from_arrays(fake: np.ndarray, real: np.ndarray, fake_logits=None, real_logits=None,
+                        opts: EvalOptions | None = None) -> dict:
+    """Every metric from saved feature arrays (fake first); IS when logits are given."""
+    opts = opts or EvalOptions(n=max(10, min(len(fake), len(real))))
+    if fake.shape[1] != real.shape[1]:
+        raise GanqError(f"feature widths differ: fake {fake.shape[1]}, real {real.shape[1]}")
+    if max(opts.k, opts.dc_k) >= min(len(fake), len(real)):
+        raise GanqError(f"k = {max(opts.k, opts.dc_k)} needs more samples than {min(len(fake), len(real))}")
+    kid_size = min(opts.kid_subset_size, len(fake), len(real))
+    o = EvalOptions(**{**asdict(opts), "kid_subset_size": kid_size})
+    out = score(fake_logits, fake, real_logits if real_logits is not None else fake_logits, real, o)
+    if real_logits is None:
+        out["inception_score_real"] = None
+    return {**out, "n_fake": int(len(fake)), "n_real": int(len(real)), "k": opts.k}
+
+
+__all__ = ["metrics_from_arrays", "load_features", "EvalOptions", "evaluate", "score", "FeatureCache", "FeatureNet", "metrics", "default_features"]

@@ -110,7 +110,7 @@ def inception_score(logits: np.ndarray, splits: int = 10, shuffle: bool = True, 
         lo, hi = i * n // splits, (i + 1) * n // splits
         q = p[lo:hi].mean(axis=0, keepdims=True)
         scores.append(float(np.exp((p[lo:hi] * (log_p[lo:hi] - np.log(q))).sum(axis=1).mean())))
-    return {"is_mean": float(np.mean(scores)), "is_std": float(np.std(scores))}
+    return {"inception_score": float(np.mean(scores)), "inception_score_std": float(np.std(scores))}
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +164,7 @@ def kid(fake: np.ndarray, real: np.ndarray, subsets: int = 100, subset_size: int
         f = fake[rng.choice(len(fake), subset_size, replace=False)]
         r = real[rng.choice(len(real), subset_size, replace=False)]
         mmds[s] = _mmd2_unbiased(kern(f, f), kern(f, r), kern(r, r))
-    return {"kid_mean": float(mmds.mean()), "kid_std": float(mmds.std())}
+    return {"kid": float(mmds.mean()), "kid_std": float(mmds.std())}
 
 
 def _sq_blocks(a: np.ndarray, b: np.ndarray, block: int = BLOCK):

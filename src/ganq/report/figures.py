@@ -78,12 +78,12 @@ def _panels(rows, series, title, ylabel, path: Path, ref_key=None) -> None:
         for n, (key, label) in enumerate(series):
             color = f"C{n}"
             xs = [r["bits"] for r in q]
-            ys = [r[key] for r in q]
-            err = [r.get(key.replace("_mean", "_std"), 0) if key.endswith("_mean") else 0 for r in q]
+            ys = [np.nan if r[key] is None else r[key] for r in q]
+            err = [r.get(f"{key}_std") or 0 for r in q]
             ax.errorbar(xs, ys, yerr=err if any(err) else None, marker="o", color=color, label=label, capsize=3)
-            if f:
+            if f and f[0][key] is not None:
                 ax.axhline(f[0][key], color=color, linestyle="--", linewidth=1, label=f"{label} (fp32)")
-        if ref_key and per[m]:
+        if ref_key and per[m] and per[m][0][ref_key] is not None:
             ax.axhline(per[m][0][ref_key], color="grey", linestyle=":", linewidth=1, label="real images")
         ax.set_title(f"{m} ({per[m][0]['dataset']})", fontsize=10)
         ax.set_xlabel("weight bits")
@@ -122,8 +122,8 @@ def fig_quality_vs_size(rows, path: Path) -> None:
 
 def write_figures(out: Path, rows, samples, reals) -> list[str]:
     fig_samples(rows, samples, reals, out / "fig-samples.png")
-    _panels(rows, [("is_mean", "Inception Score")], "Inception Score against weight bits", "Inception Score",
-            out / "fig-inception.png", ref_key="is_real")
+    _panels(rows, [("inception_score", "Inception Score")], "Inception Score against weight bits", "Inception Score",
+            out / "fig-inception.png", ref_key="inception_score_real")
     _panels(rows, [("precision", "precision"), ("recall", "recall")], "k-NN precision and recall against weight bits",
             "precision / recall", out / "fig-precision-recall.png")
     _panels(rows, [("realism_precision", "realism precision"), ("realism_recall", "realism recall")],

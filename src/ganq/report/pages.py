@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ganq._io import write_text_atomic
 
-COLUMNS = [("bits", "bits", "{}"), ("is_mean", "IS", "{:.3f}"), ("fid", "FID", "{:.2f}"), ("kid_mean", "KID", "{:.4f}"),
+COLUMNS = [("bits", "bits", "{}"), ("inception_score", "IS", "{:.3f}"), ("fid", "FID", "{:.2f}"), ("kid", "KID", "{:.4f}"),
            ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
            ("realism_precision", "realism P", "{:.3f}"), ("realism_recall", "realism R", "{:.3f}"),
            ("density", "density", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),

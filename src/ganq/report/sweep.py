@@ -15,7 +15,7 @@ import numpy as np
 from ganq._io import write_text_atomic
 from ganq.errors import GanqError
 from ganq.evaluate.metrics import sq_radii
-from ganq.evaluate import EvalOptions, FeatureCache, FeatureNet, default_features, real_images, score
+from ganq.evaluate import EvalOptions, FeatureCache, FeatureNet, real_images, resolve_features, score
 from ganq.quantize import FLOAT_BITS, QuantizeOptions, quantize_file
 from ganq.quantize.formats import FORMATS
 from ganq.quantize.schemes import GRANULARITIES, MAX_BITS
@@ -123,11 +123,11 @@ def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, fe
     nets: dict[str, FeatureNet] = {}
     rows, samples, reals = [], {}, {}
     for ref in refs:
-        net_ref = features or default_features(ref.dataset)
+        g = Generator(ref.model)
+        net_ref = resolve_features(features, ref.dataset, g.spec.image_shape)
         if net_ref not in nets:
             nets[net_ref] = FeatureNet(net_ref)
         net = nets[net_ref]
-        g = Generator(ref.model)
         if g.spec.image_shape != net.image_shape:
             raise GanqError(f"{ref.model} makes {'x'.join(map(str, g.spec.image_shape))} images but {ref.dataset}'s "
                             f"feature network takes {'x'.join(map(str, net.image_shape))}")
@@ -176,9 +176,9 @@ def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, fe
     return {"rows": rows, "samples": samples, "reals": reals}
 
 
-CSV_COLUMNS = ["model", "dataset", "bits", "format", "granularity", "fold_bn", "is_mean", "is_std", "fid", "kid_mean",
+CSV_COLUMNS = ["model", "dataset", "bits", "format", "granularity", "fold_bn", "inception_score", "inception_score_std", "fid", "kid",
                "kid_std", "precision", "recall", "realism_precision", "realism_recall", "density", "coverage",
-               "is_real", "bytes_file", "bytes_ideal", "bytes_gzip", "bytes_fp32", "images_per_s", "file"]
+               "inception_score_real", "bytes_file", "bytes_ideal", "bytes_gzip", "bytes_fp32", "images_per_s", "file"]
 
 
 def write_tables(out: Path, rows: list[dict], settings: SweepSettings, refs: list[ModelRef]) -> None:

@@ -75,6 +75,15 @@ class Generator:
         self.spec: GeneratorSpec = read_spec(proto, str(self.path))
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.session = session(self.path, provider, threads)
+        outs = {o.name: o for o in self.session.get_outputs()}
+        if self.spec.output_name not in outs:
+            raise GanqError(f"{self.path}: spec names output {self.spec.output_name!r}, the graph has "
+                            f"{', '.join(outs)}")
+        shape = outs[self.spec.output_name].shape
+        fixed = [d if isinstance(d, int) else None for d in shape]
+        if len(shape) != 4 or any(f is not None and f != w for f, w in zip(fixed[1:], self.spec.image_shape)):
+            raise GanqError(f"{self.path}: output {self.spec.output_name} has shape {list(shape)}, not an image "
+                            f"batch [N, {', '.join(map(str, self.spec.image_shape))}]")
 
     def latents(self, n: int, seed: int) -> np.ndarray:
         """float32 [n, latent_dim] from a seeded generator: the same seed gives every bit width the same latents."""
