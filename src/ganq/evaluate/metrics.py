@@ -187,8 +187,11 @@ def sq_radii(x: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
         if not 1 <= k < len(x):
             raise GanqError(f"k must be in [1, {len(x) - 1}] for {len(x)} samples, got {k}")
     out = np.empty((len(ks), len(x)))
+    kmax = max(ks)
     for i, d2 in _sq_blocks(x, x):
-        out[:, i:i + len(d2)] = np.partition(d2, ks, axis=1)[:, list(ks)].T
+        # one partition around the largest k, then a sort of the kmax + 1 smallest: cheaper than several kth
+        head = np.sort(np.partition(d2, kmax, axis=1)[:, :kmax + 1], axis=1)
+        out[:, i:i + len(d2)] = head[:, list(ks)].T
     return out
 
 
