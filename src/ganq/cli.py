@@ -47,9 +47,13 @@ def _need_torch(what: str):
 
 
 def _table(title: str, columns: list[str], rows: list[list]) -> Table:
+    """A rich table; columns whose cells all look like numbers are right-aligned."""
+    import re
+    numeric = re.compile(r"^[-+]?[\d,.]+( ?(KiB|MiB|%|± [\d.]+))?$|^-$|^fp32$")
     t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, justify="right" if c not in ("name", "tensor", "data set", "found in", "model") else "left")
+    for i, c in enumerate(columns):
+        right = bool(rows) and all(numeric.match(str(r[i])) for r in rows)
+        t.add_column(c, justify="right" if right else "left")
     for r in rows:
         t.add_row(*[str(v) for v in r])
     return t
