@@ -22,6 +22,9 @@ def atomic_path(target: str | os.PathLike):
     except OSError as e:
         raise GanqError(f"{target}: cannot write here ({e.strerror or e})") from None
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the result should look like any written file
     try:
         yield Path(tmp)
         os.replace(tmp, target)

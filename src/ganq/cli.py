@@ -17,8 +17,8 @@ from ganq.errors import GanqError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Post-training quantization of GANs, deployed through ONNX.")
 # Piped output gets wide tables rather than rich's 80-column default.
-out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+out_console = Console(soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, emoji=False, width=None if sys.stderr.isatty() else 200)
 
 
 def _fail(message: str, code: int = 1):
@@ -192,7 +192,7 @@ def _render_quant(r: dict) -> None:
 
 @app.command()
 @handles_errors
-def quantize(model: Annotated[Path, typer.Argument(help="fp32 generator .onnx")],
+def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or zoo:NAME)")],
              bits: Annotated[int, typer.Option(help="1..16; 32 leaves the weights float")],
              out: Annotated[Path, typer.Option(help="Output .onnx")],
              method: Annotated[str, typer.Option(help="minmax")] = "minmax",
@@ -204,14 +204,16 @@ def quantize(model: Annotated[Path, typer.Argument(help="fp32 generator .onnx")]
     """Quantize a generator's weights to k bits; print the size report."""
     from ganq.quantize import QuantizeOptions, quantize_file
 
+    from ganq.runtime import resolve_model
+
     opts = QuantizeOptions(bits=bits, method=method, granularity=granularity, format=format, fold_bn=fold_bn,
                            include_bias=include_bias)
-    _emit(quantize_file(model, out, opts), as_json, _render_quant)
+    _emit(quantize_file(resolve_model(model), out, opts), as_json, _render_quant)
 
 
 @app.command("spec")
 @handles_errors
-def spec_cmd(model: Annotated[Path, typer.Argument(help="A generator .onnx exported elsewhere")],
+def spec_cmd(model: Annotated[str, typer.Argument(help="A generator .onnx (or zoo:NAME)")],
              latent_dim: Annotated[Optional[int], typer.Option(help="Latent size")] = None,
              latent: Annotated[str, typer.Option(help="normal or uniform")] = "normal",
              output_range: Annotated[str, typer.Option(help="LOW,HIGH of the images")] = "-1,1",
@@ -222,9 +224,11 @@ def spec_cmd(model: Annotated[Path, typer.Argument(help="A generator .onnx expor
              out: Annotated[Optional[Path], typer.Option(help="Write here instead of in place")] = None,
              as_json: Annotated[bool, typer.Option("--json")] = False):
     """Show a generator's spec; with --latent-dim, write one into a model exported elsewhere."""
-    from ganq.spec import describe, read_spec
     from ganq.quantize import load_model
+    from ganq.runtime import resolve_model
+    from ganq.spec import describe, read_spec
 
+    model = resolve_model(model)
     if latent_dim is None:
         spec = read_spec(load_model(model), str(model))
         _emit(spec.to_dict(), as_json, lambda d: out_console.print_json(json.dumps(d)))
