@@ -39,10 +39,11 @@ class Generator(nn.Module):
 
 def _fc4(spec: GeneratorSpec, dropout: float):
     n = spec.channels * spec.height * spec.width
+    # BatchNorm on the hidden layers: without it this FC generator collapsed onto a few noisy digits here
     g = nn.Sequential(
         nn.Linear(spec.latent_dim, 256), nn.LeakyReLU(0.2),
-        nn.Linear(256, 512), nn.LeakyReLU(0.2),
-        nn.Linear(512, 1024), nn.LeakyReLU(0.2),
+        nn.Linear(256, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.2),
+        nn.Linear(512, 1024), nn.BatchNorm1d(1024), nn.LeakyReLU(0.2),
         nn.Linear(1024, n), nn.Tanh())
     d = nn.Sequential(
         nn.Flatten(),
