@@ -167,70 +167,168 @@ def kid(fake: np.ndarray, real: np.ndarray, subsets: int = 100, subset_size: int
     return {"kid": float(mmds.mean()), "kid_std": float(mmds.std())}
 
 
-def _sq_blocks(a: np.ndarray, b: np.ndarray, block: int = BLOCK):
-    """Like _blocks, but squared distances: comparisons and ratio maxima need no square root."""
-    b2 = np.einsum("ij,ij->i", b, b)
-    for i in range(0, len(a), block):
-        rows = a[i:i + block]
-        d2 = rows @ b.T
-        d2 *= -2.0
-        d2 += np.einsum("ij,ij->i", rows, rows)[:, None]
-        d2 += b2[None, :]
-        np.maximum(d2, 0.0, out=d2)
-        yield i, d2
+def _tol(dim: int) -> float:
+    """Relative bound on float32's error in |a|^2 + |b|^2 - 2 a.b (in units of |a|^2 + |b|^2), with the usual
+    sqrt(D) growth of a dot product's rounding error; decisions inside it are re-made in float64."""
+    return 1e-5 * max(1.0, float(np.sqrt(dim / 64.0)))
 
 
-def sq_radii(x: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
-    """float64 [len(ks), N]: squared distance of each point to its k-th nearest neighbour (itself excluded)."""
+class _Points:
+    """float64 points with their float32 copy and squared norms."""
+
+    def __init__(self, x: np.ndarray):
+        self.x64 = np.ascontiguousarray(x, dtype=np.float64)
+        self.x32 = self.x64.astype(np.float32)
+        self.n64 = np.einsum("ij,ij->i", self.x64, self.x64)
+        self.n32 = self.n64.astype(np.float32)
+        self.m32 = -2.0 * self.x32  # -2 b: exact in floating point, saves a pass per block
+
+    def __len__(self):
+        return len(self.x64)
+
+
+def _d2_f32(a: _Points, rows: slice, b: _Points) -> np.ndarray:
+    """float32 [rows, len(b)] squared distances (may be slightly negative near 0)."""
+    d2 = a.x32[rows] @ b.m32.T
+    d2 += a.n32[rows, None]
+    d2 += b.n32[None, :]
+    return d2
+
+
+def _exact_pairs(a: _Points, ia: np.ndarray, b: _Points, ib: np.ndarray) -> np.ndarray:
+    """float64 squared distances of the pairs (a[ia], b[ib]), by the same expansion as the float64 path."""
+    out = np.empty(len(ia))
+    for s in range(0, len(ia), 4096):
+        i, j = ia[s:s + 4096], ib[s:s + 4096]
+        out[s:s + 4096] = a.n64[i] + b.n64[j] - 2.0 * np.einsum("ij,ij->i", a.x64[i], b.x64[j])
+    return np.maximum(out, 0.0)
+
+
+def _exact_rows(a: _Points, ia: np.ndarray, b: _Points) -> np.ndarray:
+    """float64 [len(ia), len(b)] squared distances of whole rows."""
+    if len(ia) == 0:
+        return np.zeros((0, len(b)))
+    d2 = a.x64[ia] @ b.x64.T
+    d2 *= -2.0
+    d2 += a.n64[ia, None]
+    d2 += b.n64[None, :]
+    return np.maximum(d2, 0.0)
+
+
+def sq_radii(x: np.ndarray, ks: tuple[int, ...], points: _Points | None = None) -> np.ndarray:
+    """float64 [len(ks), N]: squared distance of each point to its k-th nearest neighbour (itself excluded).
+
+    float32 products find, per row, every neighbour that can be among the kmax + 1 nearest; those few distances are
+    then computed in float64, so the radii equal the float64 computation's."""
     x = _as2d(x, "features")
     for k in ks:
         if not 1 <= k < len(x):
             raise GanqError(f"k must be in [1, {len(x) - 1}] for {len(x)} samples, got {k}")
-    out = np.empty((len(ks), len(x)))
-    kmax = max(ks)
-    for i, d2 in _sq_blocks(x, x):
-        # one partition around the largest k, then a sort of the kmax + 1 smallest: cheaper than several kth
-        head = np.sort(np.partition(d2, kmax, axis=1)[:, :kmax + 1], axis=1)
-        out[:, i:i + len(d2)] = head[:, list(ks)].T
+    p = points or _Points(x)
+    kmax, tol = max(ks), _tol(x.shape[1])
+    out = np.empty((len(ks), len(p)))
+    nmax = p.n32.max()
+    for i in range(0, len(p), BLOCK):
+        rows = slice(i, min(i + BLOCK, len(p)))
+        d2 = _d2_f32(p, rows, p)
+        vk = np.partition(d2, kmax, axis=1)[:, kmax]
+        limit = vk + 2 * tol * (p.n32[rows] + nmax)  # any true kmax+1-nearest has its float32 value below this
+        rr, cc = np.nonzero(d2 <= limit[:, None])
+        exact = _exact_pairs(p, rr + i, p, cc)
+        exact[rr + i == cc] = 0.0
+        order = np.lexsort((exact, rr))
+        rr, exact = rr[order], exact[order]
+        starts = np.searchsorted(rr, np.arange(d2.shape[0]))
+        for n, k in enumerate(ks):
+            out[n, rows] = exact[starts + k]
     return out
 
 
 def manifold_metrics(fake: np.ndarray, real: np.ndarray, k: int = 3, strict: bool = False,
                      realism_variant: str = "paper", dc_k: int = 5, real_sq_radii: np.ndarray | None = None) -> dict:
-    """Every k-NN metric from one pass over each distance matrix (real-real, fake-fake, fake-real), in squared
-    distances. Equal to precision_recall, realism (both directions, averaged) and density_coverage.
+    """Every k-NN metric from one pass over each distance matrix (real-real, fake-fake, fake-real), streamed in row
+    blocks (memory O(block x N)). Products in float32; every decision within float32's error of its threshold is
+    re-made in float64, and each realism maximum is recomputed in float64, so the results equal precision_recall,
+    realism (both directions, averaged) and density_coverage.
 
     real_sq_radii: sq_radii(real, (k, dc_k)), to reuse across calls with the same real set."""
     if realism_variant not in ("paper", "official"):
         raise GanqError(f"realism variant must be paper or official, got {realism_variant!r}")
     fake, real = _as2d(fake, "fake"), _as2d(real, "real")
-    r2_real, r2_real_dc = sq_radii(real, (k, dc_k)) if real_sq_radii is None else real_sq_radii
-    (r2_fake,) = sq_radii(fake, (k,))
+    if fake.shape[1] != real.shape[1]:
+        raise GanqError(f"feature widths differ: fake {fake.shape[1]}, real {real.shape[1]}")
+    fp, rp = _Points(fake), _Points(real)
+    r2_real, r2_dc = (sq_radii(real, (k, dc_k), rp) if real_sq_radii is None else real_sq_radii)
+    (r2_fake,) = sq_radii(fake, (k,), fp)
 
-    def realism_weights(r2):
+    def weights(r2):
         # paper: max r/d = sqrt(max r^2/d^2); official: max r^2/d^2 with radii above the median dropped
         return np.where(r2 > np.median(r2), 0.0, r2) if realism_variant == "official" else r2
 
-    w_real, w_fake = realism_weights(r2_real), realism_weights(r2_fake)
-    in_real = np.zeros(len(fake), bool)
-    realism_fake = np.empty(len(fake))
-    recall_hit = np.zeros(len(real), bool)
-    realism_real = np.zeros(len(real))
-    density_count = 0
-    nearest_fake = np.full(len(real), np.inf)
-    for i, d2 in _sq_blocks(fake, real):
-        rows = slice(i, i + len(d2))
-        cmp = np.less if strict else np.less_equal
-        in_real[rows] = cmp(d2, r2_real[None, :]).any(axis=1)
-        recall_hit |= cmp(d2, r2_fake[rows, None]).any(axis=0)
-        density_count += int(np.count_nonzero(d2 < r2_real_dc[None, :]))
-        np.minimum(nearest_fake, d2.min(axis=0), out=nearest_fake)
-        inv = 1.0 / (d2 + 1e-36)
-        realism_fake[rows] = np.max(w_real[None, :] * inv, axis=1)
-        np.maximum(realism_real, np.max(w_fake[rows, None] * inv, axis=0), out=realism_real)
+    w_real, w_fake = weights(r2_real), weights(r2_fake)
+    r2_real32, r2_dc32, r2_fake32 = (v.astype(np.float32) for v in (r2_real, r2_dc, r2_fake))
+    w_real32, w_fake32 = w_real.astype(np.float32), w_fake.astype(np.float32)
+    tol = _tol(fake.shape[1])
+    tau_all = np.float32(tol * (fp.n32.max() + rp.n32.max()))
+
+    margin_fake = np.empty(len(fp), np.float32)       # min_j d2 - r2_real_j
+    tau_fake = np.empty(len(fp), np.float32)
+    margin_real = np.full(len(rp), np.inf, np.float32)  # min_i d2 - r2_fake_i
+    nearest = np.full(len(rp), np.inf, np.float32)
+    arg_fake = np.empty(len(fp), np.int64)             # realism argmax per fake
+    best_real = np.full(len(rp), -1.0, np.float32)
+    arg_real = np.zeros(len(rp), np.int64)
+    density_sure, amb_i, amb_j = 0, [], []
+    for i in range(0, len(fp), BLOCK):
+        rows = slice(i, min(i + BLOCK, len(fp)))
+        d2 = _d2_f32(fp, rows, rp)
+        tau = np.float32(tol * (fp.n32[rows].max() + rp.n32.max()))
+        t = np.subtract(d2, r2_real32[None, :])
+        margin_fake[rows] = t.min(axis=1)
+        tau_fake[rows] = tau
+        np.subtract(d2, r2_dc32[None, :], out=t)
+        density_sure += int(np.count_nonzero(t < -tau))
+        band = np.abs(t, out=t) <= tau
+        hit = np.flatnonzero(band.any(axis=1))  # a fast reduction first: few rows hold near-ties
+        bi, bj = np.nonzero(band[hit])
+        amb_i.append(hit[bi] + i)
+        amb_j.append(bj)
+        np.subtract(d2, r2_fake32[rows, None], out=t)
+        np.minimum(margin_real, t.min(axis=0), out=margin_real)
+        np.minimum(nearest, d2.min(axis=0), out=nearest)
+        np.maximum(d2, np.float32(1e-30), out=d2)
+        np.divide(w_real32[None, :], d2, out=t)
+        arg_fake[rows] = t.argmax(axis=1)
+        np.divide(w_fake32[rows, None], d2, out=t)
+        col = t.argmax(axis=0)
+        val = t[col, np.arange(t.shape[1])]
+        better = val > best_real
+        best_real[better], arg_real[better] = val[better], col[better] + i
+
+    cmp = np.less if strict else np.less_equal
+    # precision: rows whose nearest margin is within float32's error are decided in float64
+    in_real = margin_fake < 0 if strict else margin_fake <= 0
+    amb = np.flatnonzero(np.abs(margin_fake) <= tau_fake)
+    for s in range(0, len(amb), 256):
+        idx = amb[s:s + 256]
+        in_real[idx] = cmp(_exact_rows(fp, idx, rp), r2_real[None, :]).any(axis=1)
+    # recall and coverage: real columns near their thresholds, in float64 against every fake sample
+    covered = margin_real < 0 if strict else margin_real <= 0
+    cov = nearest < r2_dc32
+    amb_cols = np.flatnonzero((np.abs(margin_real) <= tau_all) | (np.abs(nearest - r2_dc32) <= tau_all))
+    for s in range(0, len(amb_cols), 256):
+        idx = amb_cols[s:s + 256]
+        d2 = _exact_rows(rp, idx, fp)
+        covered[idx] = cmp(d2, r2_fake[None, :]).any(axis=1)
+        cov[idx] = d2.min(axis=1) < r2_dc[idx]
+    # density: pairs near their radius, in float64
+    ai, aj = np.concatenate(amb_i), np.concatenate(amb_j)
+    density_count = density_sure + int(np.count_nonzero(_exact_pairs(fp, ai, rp, aj) < r2_dc[aj]))
+    # realism: each maximum recomputed in float64 at its (float32) argmax
+    realism_fake = w_real[arg_fake] / np.maximum(_exact_pairs(fp, np.arange(len(fp)), rp, arg_fake), 1e-300)
+    realism_real = w_fake[arg_real] / np.maximum(_exact_pairs(fp, arg_real, rp, np.arange(len(rp))), 1e-300)
     if realism_variant == "paper":
         realism_fake, realism_real = np.sqrt(realism_fake), np.sqrt(realism_real)
-    return {"precision": float(in_real.mean()), "recall": float(recall_hit.mean()),
+    return {"precision": float(in_real.mean()), "recall": float(covered.mean()),
             "realism_precision": float(realism_fake.mean()), "realism_recall": float(realism_real.mean()),
-            "density": float(density_count / (dc_k * len(fake))),
-            "coverage": float((nearest_fake < r2_real_dc).mean())}
+            "density": float(density_count / (dc_k * len(fake))), "coverage": float(cov.mean())}
