@@ -17,17 +17,13 @@ class FeatureNet:
     """An ONNX feature network with `ganq.features` metadata; input float32 [N, C, H, W] in [-1, 1]."""
 
     def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None):
-        import onnx
-
+        from ganq.quantize import load_model
         from ganq.runtime import resolve_model, session
 
         self.path = resolve_model(model)
         if not self.path.is_file():
             raise GanqError(f"{self.path}: no such feature network")
-        try:
-            proto = onnx.load(str(self.path))
-        except Exception as e:
-            raise GanqError(f"{self.path}: not an ONNX model ({type(e).__name__})") from None
+        proto = load_model(self.path, external_data=False)
         meta = {p.key: p.value for p in proto.metadata_props}
         if META_FEATURES not in meta:
             raise GanqError(f"{self.path}: not a ganq feature network (no '{META_FEATURES}' metadata); "

@@ -86,24 +86,17 @@ def random_state(kind: str) -> dict:
         return torchvision.models.vgg16().state_dict()
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
+    # torch-fidelity opens its weights path before load_state_dict: give it an empty file, and skip the loading so
+    # that PyTorch's initialisation stays
     original = FeatureExtractorInceptionV3.load_state_dict
-    FeatureExtractorInceptionV3.load_state_dict = lambda self, sd, *a, **k: None  # keep PyTorch's init
-    try:
-        m = FeatureExtractorInceptionV3("ganq-random", ["2048"], feature_extractor_weights_path="unused")
-    except FileNotFoundError:
-        m = None
-    finally:
-        FeatureExtractorInceptionV3.load_state_dict = original
-    if m is None:
-        # torch-fidelity opens the path before load_state_dict: give it a file to open
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save({}, Path(tmp) / "empty.pt")
-            FeatureExtractorInceptionV3.load_state_dict = lambda self, sd, *a, **k: None
-            try:
-                m = FeatureExtractorInceptionV3("ganq-random", ["2048"],
-                                                feature_extractor_weights_path=str(Path(tmp) / "empty.pt"))
-            finally:
-                FeatureExtractorInceptionV3.load_state_dict = original
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({}, Path(tmp) / "empty.pt")
+        FeatureExtractorInceptionV3.load_state_dict = lambda self, sd, *a, **k: None
+        try:
+            m = FeatureExtractorInceptionV3("ganq-random", ["2048"],
+                                            feature_extractor_weights_path=str(Path(tmp) / "empty.pt"))
+        finally:
+            FeatureExtractorInceptionV3.load_state_dict = original
     # BatchNorm statistics from a batch of random images, so that activations neither vanish nor explode
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):

@@ -115,8 +115,8 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions) -> tuple[on
     return model, report
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX file; external data must lie inside the model's folder."""
+def load_model(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file; external data must lie inside the model's folder (and is read if external_data)."""
     path = Path(path)
     if not path.is_file():
         raise GanqError(f"{path}: no such file")
@@ -135,6 +135,8 @@ def load_model(path: str | Path) -> onnx.ModelProto:
                 raise GanqError(f"{path}: external data of {t.name} points outside the model's folder ({loc})")
             if not target.is_file():
                 raise GanqError(f"{path}: external data file {loc} of {t.name} is missing")
+    if not external_data:
+        return model
     try:
         onnx.load_external_data_for_model(model, str(base))
     except Exception as e:

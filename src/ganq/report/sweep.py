@@ -80,8 +80,7 @@ def parse_models(models: list[str], dataset: str | None) -> list[ModelRef]:
             raise GanqError(f"{path}: no such file")
         ds = ds or dataset
         if not ds:
-            from ganq.runtime import Generator as G
-            ds = G(path).spec.dataset
+            ds = Generator(path).spec.dataset
             if not ds:
                 raise GanqError(f"{m}: its spec names no data set; write {m}@DATASET or give --dataset")
         name = path.stem

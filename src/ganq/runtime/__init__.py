@@ -63,15 +63,10 @@ class Generator:
     """A generator .onnx with its spec; generate() gives uint8 NHWC images."""
 
     def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None):
-        import onnx
+        from ganq.quantize import load_model
 
         self.path = resolve_model(model)
-        if not self.path.is_file():
-            raise GanqError(f"{self.path}: no such file")
-        try:
-            proto = onnx.load(str(self.path), load_external_data=False)
-        except Exception as e:
-            raise GanqError(f"{self.path}: not an ONNX model ({type(e).__name__})") from None
+        proto = load_model(self.path, external_data=False)  # the metadata is all this needs; onnxruntime loads
         self.spec: GeneratorSpec = read_spec(proto, str(self.path))
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.session = session(self.path, provider, threads)
