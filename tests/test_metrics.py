@@ -155,3 +155,72 @@ def test_manifold_metrics_equal_the_single_ones(strict, variant):
     assert {k: got[k] for k in ("density", "coverage")} == M.density_coverage(fake, real, 5)
     assert got["realism_precision"] == pytest.approx(M.realism(fake, real, 3, variant).mean(), rel=1e-12)
     assert got["realism_recall"] == pytest.approx(M.realism(real, fake, 3, variant).mean(), rel=1e-12)
+
+
+# --- the streaming k-NN pass (numba kernels, float32 products re-checked in float64) --------------------------------
+
+def _single(fake, real, k, strict, variant, dc_k=5):
+    """The float64 one-metric-at-a-time functions: what manifold_metrics must equal."""
+    return {**M.precision_recall(fake, real, k, strict), **M.density_coverage(fake, real, dc_k),
+            "realism_precision": float(M.realism(fake, real, k, variant).mean()),
+            "realism_recall": float(M.realism(real, fake, k, variant).mean())}
+
+
+def _assert_same(got, want):
+    for key in ("precision", "recall", "density", "coverage"):
+        assert got[key] == want[key], key
+    for key in ("realism_precision", "realism_recall"):
+        assert got[key] == pytest.approx(want[key], rel=1e-12), key
+
+
+@pytest.mark.parametrize("tile,cross_rows", [(64, 50), (100, 333), (1000, 7)])
+def test_manifold_metrics_in_many_bands(tile, cross_rows):
+    # bands smaller than the sets: the running top-k lists merge across bands, rows and columns split over threads
+    fake, real = _clouds(420, 10, 0.3, 21), _clouds(390, 10, 0.0, 22)
+    for strict, variant in ((False, "paper"), (True, "official")):
+        got = M.manifold_metrics(fake, real, 3, strict, variant, 5, tile=tile, cross_rows=cross_rows)
+        _assert_same(got, _single(fake, real, 3, strict, variant))
+
+
+def test_sq_radii_with_more_ties_than_the_list_holds():
+    # 30 copies of one point: its top-(k+1+EXTRA) list fills with zeros and overflows -> full float64 rows
+    x = np.vstack([np.zeros((30, 3)), _clouds(200, 3, 5.0, 23).astype(np.float64)])
+    got = M.sq_radii(x, (3, 5), tile=64)
+    want = np.stack([M.knn_radii(x, 3), M.knn_radii(x, 5)]) ** 2  # (sqrt then square: equal to rounding)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    assert np.all(got[:, :30] == 0.0)
+
+
+hyp = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), side=st.integers(2, 12), n_fake=st.integers(12, 90),
+       n_real=st.integers(12, 90), strict=st.booleans(), tile=st.sampled_from([16, 33, 4096]))
+def test_manifold_metrics_on_integer_grids(seed, side, n_fake, n_real, strict, tile):
+    # small integer grids: exact ties and duplicates everywhere, every distance exact in float32 and float64, so
+    # each decision that sits exactly on a radius must come out as the float64 functions make it
+    rng = np.random.default_rng(seed)
+    fake = rng.integers(0, side, (n_fake, 3)).astype(np.float32)
+    real = rng.integers(0, side, (n_real, 3)).astype(np.float32)
+    got = M.manifold_metrics(fake, real, 3, strict, "paper", 5, tile=tile, cross_rows=tile)
+    _assert_same(got, _single(fake, real, 3, strict, "paper"))
+    np.testing.assert_allclose(M.sq_radii(real, (3, 5), tile=tile),
+                               np.stack([M.knn_radii(real, 3), M.knn_radii(real, 5)]) ** 2, rtol=1e-12, atol=0)
+
+
+def test_manifold_metrics_against_prdc_and_torch_fidelity():
+    # the function `ganq evaluate` uses, on float32 features, against both references on the same features
+    import prdc
+    fake, real = _clouds(700, 24, 0.2, 31), _clouds(650, 24, 0.0, 32)
+    got = M.manifold_metrics(fake, real, k=5, strict=True, dc_k=5, tile=128, cross_rows=100)
+    want = prdc.compute_prdc(real_features=real, fake_features=fake, nearest_k=5)
+    for key in ("precision", "recall", "density", "coverage"):
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    torch = _tf()
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
+    p, r = calculate_precision_recall_full(torch.from_numpy(fake), torch.from_numpy(real), neighborhood=3)
+    got = M.manifold_metrics(fake, real, k=3, tile=128, cross_rows=100)
+    assert (got["precision"], got["recall"]) == pytest.approx((p, r), abs=1e-6)

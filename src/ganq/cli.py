@@ -275,18 +275,20 @@ def train_classifier_cmd(dataset: Annotated[str, typer.Option(help="Data set to 
 
 @app.command("convert-features")
 @handles_errors
-def convert_features(kind: Annotated[str, typer.Argument(help="inception or vgg16")],
+def convert_features(kind: Annotated[str, typer.Argument(help="inception, vgg16 (NVIDIA's) or vgg16-tv")],
                      weights: Annotated[Path, typer.Option(help="The weights file you have (see --help)")],
                      out: Annotated[Optional[Path], typer.Option(help="Output .onnx (default: where `evaluate "
                                                                  "--features KIND` looks)")] = None,
                      dataset: Annotated[Optional[str], typer.Option(help="Make it for this data set's images")] = None,
                      image_shape: Annotated[Optional[str], typer.Option(help="C,H,W instead of --dataset")] = None,
-                     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the sha256 check")] = False,
+                     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the sha256 check (for vgg16 "
+                                                            "this runs the TorchScript code in the file)")] = False,
                      as_json: Annotated[bool, typer.Option("--json")] = False):
-    """Convert torch-fidelity's Inception-v3 or VGG16 (from your weights file) into an ONNX feature network.
+    """Convert a pretrained feature network (from your weights file) into an ONNX feature network.
 
-    inception: pt_inception-2015-12-05-6726825d.pth (torch-fidelity's release); vgg16: torchvision's
-    vgg16-397923af.pth. Nothing is downloaded."""
+    inception: torch-fidelity's Inception-v3, pt_inception-2015-12-05-6726825d.pth (its release); vgg16: NVIDIA's
+    VGG16 of Kynkaanniemi et al. / StyleGAN2-ADA, vgg16.pt (a TorchScript archive, loaded only when its sha256 is
+    NVIDIA's); vgg16-tv: torch-fidelity's torchvision VGG16, vgg16-397923af.pth. Nothing is downloaded."""
     _need_torch("convert-features")
     from ganq.export.features import convert
 
@@ -321,7 +323,7 @@ METRIC_ROWS = [("inception_score", "Inception Score"), ("fid", "FID"), ("kid", "
 def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:NAME)")],
              dataset: Annotated[Optional[str], typer.Option(help="Real data (default: the model's spec)")] = None,
              features: Annotated[str, typer.Option(help="classifier (the data set's zoo classifier), inception, "
-                                                   "vgg16 (see convert-features), zoo:NAME or a .onnx")] = "classifier",
+                                                   "vgg16, vgg16-tv (see convert-features), zoo:NAME or a .onnx")] = "classifier",
              n: Annotated[int, typer.Option(help="Generated and real samples each")] = 10000,
              seed: int = 0,
              k: Annotated[int, typer.Option(help="Neighbourhood size of precision/recall")] = 3,
@@ -336,17 +338,20 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
              out: Annotated[Optional[Path], typer.Option(help="Also write the JSON here")] = None,
              as_json: Annotated[bool, typer.Option("--json")] = False):
     """Generate images in onnxruntime and score them against real ones."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ganq.evaluate import EvalOptions, evaluate as run_eval
 
     opts = EvalOptions(n=n, seed=seed, k=k, strict=strict, realism=realism, shuffle=not no_shuffle,
                        real_split=real_split)
-    with Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), console=err_console,
-                  transient=True) as bar:
-        task = bar.add_task("images", total=3 * n)
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console) as bar:
+        def stage(name, total):  # one bar per stage, left on screen with its time
+            task = bar.add_task(name, total=total)
+            return lambda m: bar.advance(task, m)
+
         r = run_eval(model, dataset, features, opts, data_root=data_root, cache=cache, provider=provider,
-                     threads=threads, progress=lambda m: bar.advance(task, m))
+                     threads=threads, progress=stage)
     if out is not None:
         from ganq._io import write_text_atomic
         write_text_atomic(out, json.dumps(r, indent=1) + "\n")
@@ -460,7 +465,7 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
           n: Annotated[int, typer.Option(help="Generated and real samples per row")] = 10000,
           seed: int = 0,
           features: Annotated[str, typer.Option(help="classifier (each data set's zoo classifier), inception, "
-                                                "vgg16, zoo:NAME or a .onnx")] = "classifier",
+                                                "vgg16, vgg16-tv, zoo:NAME or a .onnx")] = "classifier",
           speed: Annotated[bool, typer.Option(help="Measure images/s at batch 64")] = True,
           data_root: DataRoot = None,
           as_json: Annotated[bool, typer.Option("--json")] = False):

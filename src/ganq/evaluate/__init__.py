@@ -43,7 +43,7 @@ class EvalOptions:
             raise GanqError(f"--real-split must be train or test, got {self.real_split!r}")
 
 
-FEATURE_KINDS = ("classifier", "inception", "vgg16")
+FEATURE_KINDS = ("classifier", "inception", "vgg16", "vgg16-tv")
 
 
 def default_features(dataset: str) -> str:
@@ -57,11 +57,12 @@ def converted_path(kind: str, shape) -> Path:
 
 
 def resolve_features(features: str | Path | None, dataset: str, shape) -> str:
-    """classifier (the data set's zoo classifier), inception, vgg16 (converted ones), zoo:NAME or a path."""
+    """classifier (the data set's zoo classifier), inception, vgg16, vgg16-tv (converted ones), zoo:NAME or a
+    path."""
     features = str(features) if features is not None else "classifier"
     if features == "classifier":
         return default_features(dataset)
-    if features in ("inception", "vgg16"):
+    if features in ("inception", "vgg16", "vgg16-tv"):
         path = converted_path(features, shape)
         if not path.is_file():
             raise GanqError(f"no converted {features} for {'x'.join(map(str, shape))} images at {path}; make it "
@@ -69,7 +70,8 @@ def resolve_features(features: str | Path | None, dataset: str, shape) -> str:
         return str(path)
     if features.startswith("zoo:") or Path(features).exists():
         return features
-    raise GanqError(f"unknown feature network {features!r}; choose classifier, inception, vgg16, zoo:NAME or a path")
+    raise GanqError(f"unknown feature network {features!r}; choose classifier, inception, vgg16, vgg16-tv, "
+                    "zoo:NAME or a path")
 
 
 def real_images(dataset: str, n: int, split: str = "test", seed: int = 0, data_root=None) -> np.ndarray:
@@ -113,25 +115,39 @@ class FeatureCache:
         return logits, feats
 
 
-def score(fake_logits, fake_feats, real_logits, real_feats, opts: EvalOptions, real_sq_radii=None) -> dict:
+def score_steps(n_fake: int, n_real: int, real_sq_radii_given: bool = False) -> int:
+    """How many times score() advances its progress callback."""
+    return 3 + metrics.manifold_steps(n_fake, n_real, real_sq_radii_given)
+
+
+def score(fake_logits, fake_feats, real_logits, real_feats, opts: EvalOptions, real_sq_radii=None,
+          progress=None) -> dict:
     """Every metric from features (fake first). real_sq_radii: metrics.sq_radii(real_feats, (opts.k, opts.dc_k)),
-    to reuse when many fake sets meet the same real set."""
+    to reuse when many fake sets meet the same real set. progress: called with 1 per step (score_steps)."""
+    tick = progress or (lambda m: None)
     out = {"inception_score": None, "inception_score_std": None, "inception_score_real": None}  # a network without logits (vgg16) has no IS
     if fake_logits is not None and real_logits is not None:
         out.update(metrics.inception_score(fake_logits, shuffle=opts.shuffle))
         out["inception_score_real"] = metrics.inception_score(real_logits, shuffle=opts.shuffle)["inception_score"]
+    tick(1)
     out["fid"] = metrics.fid(fake_feats, real_feats)
+    tick(1)
     subset = min(opts.kid_subset_size, len(fake_feats), len(real_feats))
     out.update(metrics.kid(fake_feats, real_feats, subsets=opts.kid_subsets, subset_size=subset))
+    tick(1)
     out.update(metrics.manifold_metrics(fake_feats, real_feats, k=opts.k, strict=opts.strict,
-                                        realism_variant=opts.realism, dc_k=opts.dc_k, real_sq_radii=real_sq_radii))
+                                        realism_variant=opts.realism, dc_k=opts.dc_k, real_sq_radii=real_sq_radii,
+                                        progress=progress))
     return out
 
 
 def evaluate(model: str | Path, dataset: str | None = None, features: str | Path | None = None,
              opts: EvalOptions | None = None, data_root=None, cache: str | Path | None = None,
              provider: str = "cpu", threads: int | None = None, progress=None) -> dict:
-    """Generate opts.n images from `model`, compare with opts.n real images of `dataset` on `features`."""
+    """Generate opts.n images from `model`, compare with opts.n real images of `dataset` on `features`.
+
+    progress: called as progress(stage, total) when each stage starts (real features, generate, fake features,
+    metrics); it returns a callable that is called with the units done as they are done."""
     from ganq.runtime import Generator
 
     opts = opts or EvalOptions()
@@ -145,11 +161,20 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
     if g.spec.image_shape != (c, h, w):
         raise GanqError(f"{model} makes {'x'.join(map(str, g.spec.image_shape))} images; the feature network "
                         f"takes {c}x{h}x{w}")
-    real_logits, real_feats = FeatureCache(cache).real(net, dataset, opts.real_split, opts.n, opts.seed, data_root,
-                                                       progress)
-    fake = g.generate(opts.n, opts.seed, opts.batch, progress)
-    fake_logits, fake_feats = net(fake, opts.batch, progress)
-    out = score(fake_logits, fake_feats, real_logits, real_feats, opts)
+    def stage(name, total):
+        return progress(name, total) if progress else None
+
+    fc = FeatureCache(cache)
+    cached = fc.path(net, dataset, opts.real_split, opts.n, opts.seed).exists()
+    tick = stage("real features (cached)" if cached else "real features", 1 if cached else opts.n)
+    real_logits, real_feats = fc.real(net, dataset, opts.real_split, opts.n, opts.seed, data_root,
+                                      None if cached else tick)
+    if cached and tick:
+        tick(1)
+    fake = g.generate(opts.n, opts.seed, opts.batch, stage("generate", opts.n))
+    fake_logits, fake_feats = net(fake, opts.batch, stage("fake features", opts.n))
+    out = score(fake_logits, fake_feats, real_logits, real_feats, opts,
+                progress=stage("metrics", score_steps(len(fake_feats), len(real_feats))))
     fake_classes = (np.bincount(fake_logits.argmax(1), minlength=fake_logits.shape[1]) if fake_logits is not None
                     else np.zeros(0, int))
     import json as _json

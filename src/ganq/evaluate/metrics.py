@@ -6,6 +6,8 @@ Features are numpy.ndarray([N, D]) of float32 or float64; distances are computed
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ganq.errors import GanqError
@@ -173,162 +175,230 @@ def _tol(dim: int) -> float:
     return 1e-5 * max(1.0, float(np.sqrt(dim / 64.0)))
 
 
+TILE = 1024        # rows of a distance band (float32 [TILE, N]: 40 MB at N = 10,000)
+CROSS_ROWS = 1024  # fake rows per fake-vs-real band
+EXTRA = 3          # neighbours kept beyond the k-th, so that float32 near-ties stay in the list
+
+
+_POOL = None
+
+
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _parallel(jobs):
+    """Run [(fn, args), ...] on the thread pool (the kernels release the GIL) and wait for all."""
+    global _POOL
+    if len(jobs) == 1:
+        fn, args = jobs[0]
+        fn(*args)
+        return
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(_threads(), thread_name_prefix="ganq-knn")
+    for f in [_POOL.submit(fn, *args) for fn, args in jobs]:
+        f.result()
+
+
+def _check(x: np.ndarray, name: str) -> np.ndarray:
+    """[N >= 2, D] float32 or float64, C-contiguous, without an upcast (float32 features stay float32)."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise GanqError(f"{name}: expected features [N >= 2, D], got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    return np.ascontiguousarray(x)
+
+
 class _Points:
-    """float64 points with their float32 copy and squared norms."""
+    """Points in their own precision (float64 rechecks read them), a float32 view or copy for the products, and
+    squared norms in float64 and float32."""
 
     def __init__(self, x: np.ndarray):
-        self.x64 = np.ascontiguousarray(x, dtype=np.float64)
-        self.x32 = self.x64.astype(np.float32)
-        self.n64 = np.einsum("ij,ij->i", self.x64, self.x64)
+        from ganq.evaluate import _knn
+        self.x = _check(x, "features")
+        self.x32 = self.x if self.x.dtype == np.float32 else self.x.astype(np.float32)
+        self.n64 = _knn.norms64(self.x)
         self.n32 = self.n64.astype(np.float32)
-        self.m32 = -2.0 * self.x32  # -2 b: exact in floating point, saves a pass per block
 
     def __len__(self):
-        return len(self.x64)
-
-
-def _d2_f32(a: _Points, rows: slice, b: _Points) -> np.ndarray:
-    """float32 [rows, len(b)] squared distances (may be slightly negative near 0)."""
-    d2 = a.x32[rows] @ b.m32.T
-    d2 += a.n32[rows, None]
-    d2 += b.n32[None, :]
-    return d2
+        return len(self.x)
 
 
 def _exact_pairs(a: _Points, ia: np.ndarray, b: _Points, ib: np.ndarray) -> np.ndarray:
-    """float64 squared distances of the pairs (a[ia], b[ib]), by the same expansion as the float64 path."""
-    out = np.empty(len(ia))
-    for s in range(0, len(ia), 4096):
-        i, j = ia[s:s + 4096], ib[s:s + 4096]
-        out[s:s + 4096] = a.n64[i] + b.n64[j] - 2.0 * np.einsum("ij,ij->i", a.x64[i], b.x64[j])
-    return np.maximum(out, 0.0)
+    """float64 squared distances of the pairs (a[ia], b[ib])."""
+    from ganq.evaluate import _knn
+    ia, ib = np.ascontiguousarray(ia, np.int64), np.ascontiguousarray(ib, np.int64)
+    return _knn.exact_pairs(a.x, a.n64, ia, b.x, b.n64, ib)
 
 
 def _exact_rows(a: _Points, ia: np.ndarray, b: _Points) -> np.ndarray:
-    """float64 [len(ia), len(b)] squared distances of whole rows."""
+    """float64 [len(ia), len(b)] squared distances of whole rows (b cast to float64 a slice at a time)."""
+    out = np.empty((len(ia), len(b)))
     if len(ia) == 0:
-        return np.zeros((0, len(b)))
-    d2 = a.x64[ia] @ b.x64.T
-    d2 *= -2.0
-    d2 += a.n64[ia, None]
-    d2 += b.n64[None, :]
-    return np.maximum(d2, 0.0)
+        return out
+    rows = a.x[ia].astype(np.float64)
+    for s in range(0, len(b), 4096):
+        cols = slice(s, min(s + 4096, len(b)))
+        d2 = rows @ b.x[cols].astype(np.float64).T
+        d2 *= -2.0
+        d2 += a.n64[ia, None]
+        d2 += b.n64[None, cols]
+        out[:, cols] = np.maximum(d2, 0.0)
+    return out
 
 
-def sq_radii(x: np.ndarray, ks: tuple[int, ...], points: _Points | None = None) -> np.ndarray:
+def _tiles(n: int, tile: int) -> int:
+    return -(-n // tile)
+
+
+def manifold_steps(n_fake: int, n_real: int, real_radii_given: bool = False, tile: int = TILE,
+                   cross_rows: int = CROSS_ROWS) -> int:
+    """How many times manifold_metrics calls its progress callback (one per distance band)."""
+    return (0 if real_radii_given else _tiles(n_real, tile)) + _tiles(n_fake, tile) + -(-n_fake // cross_rows)
+
+
+def sq_radii(x: np.ndarray, ks: tuple[int, ...], points: _Points | None = None, tile: int = TILE,
+             progress=None) -> np.ndarray:
     """float64 [len(ks), N]: squared distance of each point to its k-th nearest neighbour (itself excluded).
 
-    float32 products find, per row, every neighbour that can be among the kmax + 1 nearest; those few distances are
-    then computed in float64, so the radii equal the float64 computation's."""
-    x = _as2d(x, "features")
-    for k in ks:
-        if not 1 <= k < len(x):
-            raise GanqError(f"k must be in [1, {len(x) - 1}] for {len(x)} samples, got {k}")
+    One pass over the upper triangle of the float32 distance matrix in bands of rows (rows i0.., columns i0..),
+    each band feeding the running top-(kmax + 1 + EXTRA) lists of its rows and of its columns; then every neighbour
+    within float32's error of the kmax-th is recomputed in float64, so the radii equal the float64 computation's. A
+    list too short to reach past that margin (many exact ties) sends its row to a full float64 row instead."""
+    from ganq.evaluate import _knn
     p = points or _Points(x)
-    kmax, tol = max(ks), _tol(x.shape[1])
-    out = np.empty((len(ks), len(p)))
-    nmax = p.n32.max()
-    for i in range(0, len(p), BLOCK):
-        rows = slice(i, min(i + BLOCK, len(p)))
-        d2 = _d2_f32(p, rows, p)
-        vk = np.partition(d2, kmax, axis=1)[:, kmax]
-        limit = vk + 2 * tol * (p.n32[rows] + nmax)  # any true kmax+1-nearest has its float32 value below this
-        rr, cc = np.nonzero(d2 <= limit[:, None])
-        exact = _exact_pairs(p, rr + i, p, cc)
-        exact[rr + i == cc] = 0.0
-        order = np.lexsort((exact, rr))
-        rr, exact = rr[order], exact[order]
-        starts = np.searchsorted(rr, np.arange(d2.shape[0]))
-        for n, k in enumerate(ks):
-            out[n, rows] = exact[starts + k]
+    n = len(p)
+    for k in ks:
+        if not 1 <= k < n:
+            raise GanqError(f"k must be in [1, {n - 1}] for {n} samples, got {k}")
+    kmax = max(ks)
+    m = min(n, kmax + 1 + EXTRA)
+    topv = np.full((n, m), np.inf, np.float32)
+    topi = np.full((n, m), -1, np.int64)
+    thr = np.full(n, np.inf, np.float32)
+    threads = _threads()
+    buf = np.empty(min(tile, n) * n, np.float32)
+    for i0 in range(0, n, tile):
+        rows = p.x32[i0:i0 + tile]
+        b = len(rows)
+        prod = buf[:b * (n - i0)].reshape(b, n - i0)  # rows i0..i0+b against columns i0..n
+        np.matmul(rows, p.x32[i0:].T, out=prod)
+        if b < n - i0:  # the transposed half (columns past the diagonal block) first: its thresholds live in thr
+            _parallel([(_knn.topm_cols, (b + lo, b + hi, prod, i0, i0, p.n32, p.n32, topv, topi, thr))
+                       for lo, hi in _knn.split(n - i0 - b, threads)])
+        _parallel([(_knn.topm_rows, (lo, hi, prod, i0, i0, p.n32, p.n32, topv, topi))
+                   for lo, hi in _knn.split(b, threads)])
+        if progress:
+            progress(1)
+    tol = _tol(p.x.shape[1])
+    slack = (2 * tol * (p.n64 + p.n64.max())).astype(np.float32)
+    out = np.empty((len(ks), n))
+    overflow = np.zeros(n, dtype=bool)
+    ks_arr = np.asarray(ks, dtype=np.int64)
+    _knn.exact_radii(p.x, p.n64, topv, topi, slack, ks_arr, out, overflow)
+    todo = np.flatnonzero(overflow)
+    for s in range(0, len(todo), 256):
+        idx = todo[s:s + 256]
+        d2 = _exact_rows(p, idx, p)
+        d2[np.arange(len(idx)), idx] = 0.0
+        out[:, idx] = np.partition(d2, ks_arr, axis=1)[:, ks_arr].T
     return out
 
 
 def manifold_metrics(fake: np.ndarray, real: np.ndarray, k: int = 3, strict: bool = False,
-                     realism_variant: str = "paper", dc_k: int = 5, real_sq_radii: np.ndarray | None = None) -> dict:
-    """Every k-NN metric from one pass over each distance matrix (real-real, fake-fake, fake-real), streamed in row
-    blocks (memory O(block x N)). Products in float32; every decision within float32's error of its threshold is
-    re-made in float64, and each realism maximum is recomputed in float64, so the results equal precision_recall,
-    realism (both directions, averaged) and density_coverage.
+                     realism_variant: str = "paper", dc_k: int = 5, real_sq_radii: np.ndarray | None = None,
+                     tile: int = TILE, cross_rows: int = CROSS_ROWS, progress=None) -> dict:
+    """Every k-NN metric from one pass over each distance matrix: the real-real and fake-fake ones by their upper
+    triangles (running top-k lists for the radii), the fake-real one once, every reduction of a tile in one read of
+    it (compiled kernels, ganq.evaluate._knn). Memory O(tile x N), never an N x N matrix.
 
-    real_sq_radii: sq_radii(real, (k, dc_k)), to reuse across calls with the same real set."""
+    Products in float32; every decision within float32's error of its threshold is re-made in float64, and each
+    realism maximum is recomputed in float64, so the results equal precision_recall, realism (both directions,
+    averaged) and density_coverage.
+
+    real_sq_radii: sq_radii(real, (k, dc_k)), to reuse across calls with the same real set.
+    progress: called with 1 after each tile (manifold_steps says how many)."""
+    from ganq.evaluate import _knn
     if realism_variant not in ("paper", "official"):
         raise GanqError(f"realism variant must be paper or official, got {realism_variant!r}")
-    fake, real = _as2d(fake, "fake"), _as2d(real, "real")
+    fake, real = _check(fake, "fake"), _check(real, "real")
     if fake.shape[1] != real.shape[1]:
         raise GanqError(f"feature widths differ: fake {fake.shape[1]}, real {real.shape[1]}")
+    if max(len(fake), len(real)) >= 2 ** 24:
+        raise GanqError("at most 16,777,215 samples per set (counts and indices are float32 in the kernels)")
     fp, rp = _Points(fake), _Points(real)
-    r2_real, r2_dc = (sq_radii(real, (k, dc_k), rp) if real_sq_radii is None else real_sq_radii)
-    (r2_fake,) = sq_radii(fake, (k,), fp)
+    nf, nr = len(fp), len(rp)
+    r2_real, r2_dc = (sq_radii(real, (k, dc_k), rp, tile, progress) if real_sq_radii is None else real_sq_radii)
+    (r2_fake,) = sq_radii(fake, (k,), fp, tile, progress)
 
     def weights(r2):
         # paper: max r/d = sqrt(max r^2/d^2); official: max r^2/d^2 with radii above the median dropped
         return np.where(r2 > np.median(r2), 0.0, r2) if realism_variant == "official" else r2
 
     w_real, w_fake = weights(r2_real), weights(r2_fake)
-    r2_real32, r2_dc32, r2_fake32 = (v.astype(np.float32) for v in (r2_real, r2_dc, r2_fake))
-    w_real32, w_fake32 = w_real.astype(np.float32), w_fake.astype(np.float32)
-    tol = _tol(fake.shape[1])
-    tau_all = np.float32(tol * (fp.n32.max() + rp.n32.max()))
+    f32 = [np.ascontiguousarray(v, np.float32) for v in (r2_real, r2_dc, w_real, r2_fake, w_fake)]
+    tol = np.float32(_tol(fake.shape[1]))  # float32's error bound on a d2 is tol (|a|^2 + |b|^2)
 
-    margin_fake = np.empty(len(fp), np.float32)       # min_j d2 - r2_real_j
-    tau_fake = np.empty(len(fp), np.float32)
-    margin_real = np.full(len(rp), np.inf, np.float32)  # min_i d2 - r2_fake_i
-    nearest = np.full(len(rp), np.inf, np.float32)
-    arg_fake = np.empty(len(fp), np.int64)             # realism argmax per fake
-    best_real = np.full(len(rp), -1.0, np.float32)
-    arg_real = np.zeros(len(rp), np.int64)
-    density_sure, amb_i, amb_j = 0, [], []
-    for i in range(0, len(fp), BLOCK):
-        rows = slice(i, min(i + BLOCK, len(fp)))
-        d2 = _d2_f32(fp, rows, rp)
-        tau = np.float32(tol * (fp.n32[rows].max() + rp.n32.max()))
-        t = np.subtract(d2, r2_real32[None, :])
-        margin_fake[rows] = t.min(axis=1)
-        tau_fake[rows] = tau
-        np.subtract(d2, r2_dc32[None, :], out=t)
-        density_sure += int(np.count_nonzero(t < -tau))
-        band = np.abs(t, out=t) <= tau
-        hit = np.flatnonzero(band.any(axis=1))  # a fast reduction first: few rows hold near-ties
-        bi, bj = np.nonzero(band[hit])
-        amb_i.append(hit[bi] + i)
-        amb_j.append(bj)
-        np.subtract(d2, r2_fake32[rows, None], out=t)
-        np.minimum(margin_real, t.min(axis=0), out=margin_real)
-        np.minimum(nearest, d2.min(axis=0), out=nearest)
-        np.maximum(d2, np.float32(1e-30), out=d2)
-        np.divide(w_real32[None, :], d2, out=t)
-        arg_fake[rows] = t.argmax(axis=1)
-        np.divide(w_fake32[rows, None], d2, out=t)
-        col = t.argmax(axis=0)
-        val = t[col, np.arange(t.shape[1])]
-        better = val > best_real
-        best_real[better], arg_real[better] = val[better], col[better] + i
+    chunks = _threads()
+    prec = np.empty(nf, np.int8)            # 2: inside the real manifold, 1: within float32's error, 0: outside
+    dens_sure = np.empty(nf, np.int64)      # j with d2 < r2_dc_j beyond float32's error
+    dens_band = np.empty(nf, np.int64)      # j with d2 within float32's error of r2_dc_j
+    arg_fake = np.empty(nf, np.int64)       # realism argmax per fake
+    col_counts = np.zeros((chunks, 4, nr), np.float32)  # per row chunk: recall sure/open, coverage sure/open
+    col_best = np.full((chunks, nr), -1.0, np.float32)
+    col_arg = np.zeros((chunks, nr), np.float32)        # row index, exact in float32 below 2^24
+    scratch = np.empty((chunks, nr), np.float32)
+    buf = np.empty(min(cross_rows, nf) * nr, np.float32)
+    for i0 in range(0, nf, cross_rows):
+        rows = fp.x32[i0:i0 + cross_rows]
+        prod = buf[:len(rows) * nr].reshape(len(rows), nr)
+        np.matmul(rows, rp.x32.T, out=prod)
+        _parallel([(_knn.cross, (lo, hi, prod, i0, fp.n32, rp.n32, *f32, tol, prec, dens_sure, dens_band, arg_fake,
+                                 col_counts[t], col_best[t], col_arg[t], scratch[t]))
+                   for t, (lo, hi) in enumerate(_knn.split(len(rows), chunks))])
+        if progress:
+            progress(1)
+    counts = col_counts.sum(axis=0)
+    rec = np.where(counts[0] > 0, 2, np.where(counts[1] > 0, 1, 0))
+    cover = np.where(counts[2] > 0, 2, np.where(counts[3] > 0, 1, 0))
+    arg_real = col_arg[col_best.argmax(axis=0), np.arange(nr)].astype(np.int64)
 
     cmp = np.less if strict else np.less_equal
-    # precision: rows whose nearest margin is within float32's error are decided in float64
-    in_real = margin_fake < 0 if strict else margin_fake <= 0
-    amb = np.flatnonzero(np.abs(margin_fake) <= tau_fake)
+    # precision: rows with a decision within float32's error are decided in float64
+    in_real = prec == 2
+    amb = np.flatnonzero(prec == 1)
     for s in range(0, len(amb), 256):
         idx = amb[s:s + 256]
         in_real[idx] = cmp(_exact_rows(fp, idx, rp), r2_real[None, :]).any(axis=1)
     # recall and coverage: real columns near their thresholds, in float64 against every fake sample
-    covered = margin_real < 0 if strict else margin_real <= 0
-    cov = nearest < r2_dc32
-    amb_cols = np.flatnonzero((np.abs(margin_real) <= tau_all) | (np.abs(nearest - r2_dc32) <= tau_all))
+    covered, cov = rec == 2, cover == 2
+    amb_cols = np.flatnonzero((rec == 1) | (cover == 1))
     for s in range(0, len(amb_cols), 256):
         idx = amb_cols[s:s + 256]
         d2 = _exact_rows(rp, idx, fp)
         covered[idx] = cmp(d2, r2_fake[None, :]).any(axis=1)
         cov[idx] = d2.min(axis=1) < r2_dc[idx]
-    # density: pairs near their radius, in float64
-    ai, aj = np.concatenate(amb_i), np.concatenate(amb_j)
-    density_count = density_sure + int(np.count_nonzero(_exact_pairs(fp, ai, rp, aj) < r2_dc[aj]))
+    # density: rows holding a near-tie are counted again in float64
+    density = dens_sure.copy()
+    amb = np.flatnonzero(dens_band)
+    for s in range(0, len(amb), 256):
+        idx = amb[s:s + 256]
+        density[idx] = np.count_nonzero(_exact_rows(fp, idx, rp) < r2_dc[None, :], axis=1)
     # realism: each maximum recomputed in float64 at its (float32) argmax
-    realism_fake = w_real[arg_fake] / np.maximum(_exact_pairs(fp, np.arange(len(fp)), rp, arg_fake), 1e-300)
-    realism_real = w_fake[arg_real] / np.maximum(_exact_pairs(fp, arg_real, rp, np.arange(len(rp))), 1e-300)
+    # (the same 1e-18 guard as realism(): on the distance for the paper's score, on its square for the official one)
+    d2_fake = _exact_pairs(fp, np.arange(nf), rp, arg_fake)
+    d2_real = _exact_pairs(fp, arg_real, rp, np.arange(nr))
     if realism_variant == "paper":
-        realism_fake, realism_real = np.sqrt(realism_fake), np.sqrt(realism_real)
+        realism_fake = np.sqrt(w_real[arg_fake]) / (np.sqrt(d2_fake) + 1e-18)
+        realism_real = np.sqrt(w_fake[arg_real]) / (np.sqrt(d2_real) + 1e-18)
+    else:
+        realism_fake = w_real[arg_fake] / (d2_fake + 1e-18)
+        realism_real = w_fake[arg_real] / (d2_real + 1e-18)
     return {"precision": float(in_real.mean()), "recall": float(covered.mean()),
             "realism_precision": float(realism_fake.mean()), "realism_recall": float(realism_real.mean()),
-            "density": float(density_count / (dc_k * len(fake))), "coverage": float(cov.mean())}
+            "density": float(density.sum() / (dc_k * nf)), "coverage": float(cov.mean())}

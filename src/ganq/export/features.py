@@ -4,7 +4,11 @@ extractors compute (its TF1-compatible bilinear resize, its normalisation), from
     inception: torch-fidelity's FeatureExtractorInceptionV3: `logits` = the 1008 unbiased logits (its IS layer),
                `features` = the 2048-d pool features (its FID/KID/PRC layer). Weights:
                pt_inception-2015-12-05-6726825d.pth (a state dict; torch hub names files by their sha256 prefix).
-    vgg16:     torch-fidelity's FeatureExtractorVGG16: torchvision VGG16 (ImageNet), `features` = fc2 (4096-d,
+    vgg16:     NVIDIA's VGG16 of Kynkaenniemi et al. and StyleGAN2-ADA (vgg16.pt, a TorchScript archive): its own
+               forward(uint8 images, return_features=True), fc2 features (4096-d), resize and normalisation as NVIDIA
+               scripted them. The archive holds code, so ganq loads it only when its sha256 is NVIDIA's published
+               file's (--no-check loads any file: the TorchScript code inside it runs).
+    vgg16-tv:  torch-fidelity's FeatureExtractorVGG16: torchvision VGG16 (ImageNet), `features` = fc2 (4096-d,
                before ReLU; fc2_relu is max(0, features)). Weights: torchvision's vgg16-397923af.pth state dict.
 
 Images enter as float32 [N, C, H, W] in [-1, 1] like every ganq feature network, are rounded to the uint8 values
@@ -30,22 +34,51 @@ KNOWN = {
     "inception": {"file": "pt_inception-2015-12-05-6726825d.pth", "sha256_prefix": "6726825d",
                   "where": "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                            "weights-inception-2015-12-05-6726825d.pth"},
-    "vgg16": {"file": "vgg16-397923af.pth", "sha256_prefix": "397923af",
-              "where": "https://download.pytorch.org/models/vgg16-397923af.pth"},
+    "vgg16": {"file": "vgg16.pt",
+              "sha256_prefix": "b437eb095feaeb0b83eb3fa11200ebca4548ee39a07fb944a417ddc516cc07c3",
+              "where": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"},
+    "vgg16-tv": {"file": "vgg16-397923af.pth", "sha256_prefix": "397923af",
+                 "where": "https://download.pytorch.org/models/vgg16-397923af.pth"},
 }
+TORCHSCRIPT = {"vgg16"}  # archives of code and weights, not state dicts
+
+
+def _check_file(path: Path, kind: str, check: bool) -> str:
+    """sha256 of the weights file, checked against the known file's unless check is False."""
+    k = KNOWN[kind]
+    if not path.is_file():
+        raise GanqError(f"{path}: no such weights file; download {k['file']} from {k['where']} and pass --weights")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if check and not digest.startswith(k["sha256_prefix"]):
+        raise GanqError(f"{path}: sha256 {digest[:16]}... is not the {kind} weights file "
+                        f"({k['file']}, sha256 {k['sha256_prefix'][:16]}...); --no-check to convert anyway")
+    return digest
+
+
+def _torchscript(path: Path, kind: str, check: bool):
+    """NVIDIA's TorchScript VGG16, loaded only after its sha256 matched (or the user said --no-check)."""
+    import torch
+
+    digest = _check_file(path, kind, check)
+    try:
+        net = torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as e:
+        raise GanqError(f"{path}: not a TorchScript archive ({str(e).splitlines()[0][:120]})") from None
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), return_features=True)
+    except Exception as e:
+        raise GanqError(f"{path}: has no forward(images, return_features=True) as NVIDIA's vgg16.pt does "
+                        f"({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise GanqError(f"{path}: forward(images, return_features=True) gave no [N, D] features")
+    return net, digest
 
 
 def _state_dict(path: Path, kind: str, check: bool) -> dict:
     import torch
 
-    if not path.is_file():
-        k = KNOWN[kind]
-        raise GanqError(f"{path}: no such weights file; download {k['file']} from {k['where']} and pass --weights")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if check and not digest.startswith(KNOWN[kind]["sha256_prefix"]):
-        raise GanqError(f"{path}: sha256 {digest[:16]}... is not the {kind} weights file "
-                        f"({KNOWN[kind]['file']}, sha256 {KNOWN[kind]['sha256_prefix']}...); --no-check to convert "
-                        "anyway")
+    digest = _check_file(path, kind, check)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -66,7 +99,7 @@ def torch_fidelity_extractor(kind: str, state: dict, features: list[str]):
     except ImportError:
         raise GanqError("converting pretrained feature networks needs torch-fidelity>=0.4.0: "
                         "pip install 'torch-fidelity>=0.4.0'") from None
-    cls = {"inception": FeatureExtractorInceptionV3, "vgg16": FeatureExtractorVGG16}[kind]
+    cls = {"inception": FeatureExtractorInceptionV3, "vgg16-tv": FeatureExtractorVGG16}[kind]
     with tempfile.TemporaryDirectory() as tmp:
         safe = Path(tmp) / "weights.pt"
         torch.save(state, safe)
@@ -82,7 +115,7 @@ def random_state(kind: str) -> dict:
     import torchvision
     from torch import nn
 
-    if kind == "vgg16":
+    if kind == "vgg16-tv":
         return torchvision.models.vgg16().state_dict()
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -122,22 +155,44 @@ def convert(kind: str, weights: str | Path, out: str | Path, image_shape: tuple[
     c, h, w = image_shape
     if c not in (1, 3):
         raise GanqError(f"image channels must be 1 or 3, got {c}")
-    state, digest = _state_dict(Path(weights), kind, check)
-    names = ["logits_unbiased", "2048"] if kind == "inception" else ["fc2"]
-    extractor = torch_fidelity_extractor(kind, state, names)
+    if kind in TORCHSCRIPT:
+        net, digest = _torchscript(Path(weights), kind, check)
 
-    class Wrapper(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = extractor
+        class Scripted(nn.Module):  # NVIDIA's calling convention, as StyleGAN2-ADA's metrics call it
+            __constants__ = ["grey"]
 
-        def forward(self, x):
-            x = torch.clamp(torch.round((x + 1.0) * 127.5), 0, 255).to(torch.uint8)
-            if c == 1:
-                x = x.repeat(1, 3, 1, 1)
-            return self.inner(x)
+            def __init__(self):
+                super().__init__()
+                self.net = net
+                self.grey = c == 1
 
-    model = Wrapper().eval()
+            def forward(self, x):
+                x = torch.clamp(torch.round((x + 1.0) * 127.5), 0, 255).to(torch.uint8)
+                if self.grey:
+                    x = x.repeat(1, 3, 1, 1)
+                return self.net(x, return_features=True)
+
+        # scripted, not traced: a traced module cannot call a TorchScript one with keyword arguments
+        model = torch.jit.script(Scripted().eval())
+        reference = "NVIDIA vgg16.pt (StyleGAN2-ADA metrics), return_features=True"
+    else:
+        state, digest = _state_dict(Path(weights), kind, check)
+        names = ["logits_unbiased", "2048"] if kind == "inception" else ["fc2"]
+        extractor = torch_fidelity_extractor(kind, state, names)
+        reference = f"torch-fidelity {kind.removesuffix('-tv')} ({', '.join(names)})"
+
+        class Wrapper(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = extractor
+
+            def forward(self, x):
+                x = torch.clamp(torch.round((x + 1.0) * 127.5), 0, 255).to(torch.uint8)
+                if c == 1:
+                    x = x.repeat(1, 3, 1, 1)
+                return self.inner(x)
+
+        model = Wrapper().eval()
     buf = io.BytesIO()
     outputs = ["logits", "features"] if kind == "inception" else ["features"]
     with warnings.catch_warnings(), torch.no_grad():
@@ -146,9 +201,10 @@ def convert(kind: str, weights: str | Path, out: str | Path, image_shape: tuple[
                           opset_version=21, dynamo=False,
                           dynamic_axes={"image": {0: "N"}, **{o: {0: "N"} for o in outputs}})
     proto = onnx.load_from_string(buf.getvalue())
-    dim = 2048 if kind == "inception" else 4096
+    dim = int(proto.graph.output[-1].type.tensor_type.shape.dim[-1].dim_value) or (2048 if kind == "inception"
+                                                                                   else 4096)
     info = {"kind": kind, "image_shape": [c, h, w], "input_range": [-1.0, 1.0], "feature_dim": dim,
-            "weights_sha256": digest, "reference": f"torch-fidelity {kind} ({', '.join(names)})"}
+            "weights_sha256": digest, "reference": reference}
     write_metadata(proto, META_FEATURES, json.dumps(info, sort_keys=True))
     proto.producer_name = "ganq"
     # parity with torch-fidelity on a few random images
@@ -158,9 +214,10 @@ def convert(kind: str, weights: str | Path, out: str | Path, image_shape: tuple[
         None, {"image": x.numpy()})
     with torch.no_grad():
         want = model(x)
+    want = want if isinstance(want, tuple) else (want,)
     diff = max(float(np.abs(g - t.numpy()).max() / (float(t.abs().max()) + 1e-12)) for g, t in zip(got, want))
     if diff > 1e-4:
-        raise GanqError(f"ONNX {kind} differs from torch-fidelity's by {diff:.3g} (relative); nothing written")
+        raise GanqError(f"ONNX {kind} differs from the reference by {diff:.3g} (relative); nothing written")
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
     return {**info, "out": str(out), "parity_rel_diff": diff}
