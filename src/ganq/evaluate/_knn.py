@@ -216,3 +216,24 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     parts = max(1, min(parts, n))
     bounds = [n * i // parts for i in range(parts + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def _warm():
+    """Load (or, on first use after install, compile) every kernel for float32 features, at import: numba's own
+    start-up and the cache loads cost about 0.7 s, paid here once rather than inside the first metric call, like
+    the import of any library with compiled code. float64 features load their variants on first use."""
+    f32, n = np.float32, 8
+    x = np.zeros((n, 2), f32)
+    v, z, i64 = np.zeros(n, f32), np.zeros(n), np.zeros(n, np.int64)
+    p = np.zeros((n, n), f32)
+    topv, topi = np.full((n, 3), np.inf, f32), np.zeros((n, 3), np.int64)
+    topm_rows(0, n, p, 0, 0, v, v, topv, topi)
+    topm_cols(0, n, p, 0, 0, v, v, topv, topi, np.full(n, np.inf, f32))
+    n64 = norms64(x)
+    exact_radii(x, n64, topv, topi, v, np.array([1]), np.zeros((1, n)), np.zeros(n, np.bool_))
+    cross(0, n, p, 0, v, v, v, v, v, v, v, f32(1e-5), np.zeros(n, np.int8), i64, i64.copy(), i64.copy(),
+          np.zeros((4, n), f32), v.copy(), v.copy(), v.copy())
+    exact_pairs(x, z, i64, x, z, i64)
+
+
+_warm()
