@@ -224,3 +224,14 @@ def test_manifold_metrics_against_prdc_and_torch_fidelity():
     p, r = calculate_precision_recall_full(torch.from_numpy(fake), torch.from_numpy(real), neighborhood=3)
     got = M.manifold_metrics(fake, real, k=3, tile=128, cross_rows=100)
     assert (got["precision"], got["recall"]) == pytest.approx((p, r), abs=1e-6)
+
+
+def test_manifold_metrics_in_a_forked_child():
+    # the kernels' thread pool is per process: a child forked after the parent used it must not wait on dead threads
+    import multiprocessing as mp
+    fake, real = _clouds(300, 8, 0.2, 41), _clouds(280, 8, 0.0, 42)
+    want = M.manifold_metrics(fake, real, tile=64, cross_rows=64)  # the parent's pool now exists
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(M.manifold_metrics, (fake, real), {"tile": 64, "cross_rows": 64}).get(timeout=120)
+    assert got == want

@@ -87,28 +87,23 @@ def topm_cols(lo, hi, p, row0, col0, n_row, n_col, topv, topi, thr):
 
 
 @nb.njit(**_OPTS)
-def _d2_64(x, i, j, n64):
+def _dot64(a, b):
     s = 0.0
-    for t in range(x.shape[1]):
-        s += np.float64(x[i, t]) * np.float64(x[j, t])
-    return max(n64[i] + n64[j] - 2.0 * s, 0.0)
+    for t in range(a.shape[0]):
+        s += np.float64(a[t]) * np.float64(b[t])
+    return s
 
 
-@nb.njit(parallel=True, **_OPTS)
-def norms64(x):
-    out = np.empty(x.shape[0])
-    for i in nb.prange(x.shape[0]):
-        s = 0.0
-        for t in range(x.shape[1]):
-            v = np.float64(x[i, t])
-            s += v * v
-        out[i] = s
-    return out
+@nb.njit(**_OPTS)
+def norms64(lo, hi, x, out):
+    """out[i] = |x_i|^2 in float64, for rows lo..hi."""
+    for i in range(lo, hi):
+        out[i] = _dot64(x[i], x[i])
 
 
-@nb.njit(parallel=True, **_OPTS)
-def exact_radii(x, n64, topv, topi, slack, ks, out, overflow):
-    """Squared k-th neighbour distances in float64 from each point's float32 top-M list.
+@nb.njit(**_OPTS)
+def exact_radii(lo, hi, x, n64, topv, topi, slack, ks, out, overflow):
+    """Squared k-th neighbour distances in float64 from each point's float32 top-M list, for rows lo..hi.
 
     Every neighbour whose float32 value is within slack of the kmax-th is recomputed in float64 (the point itself is
     0); the list must reach past that band, else overflow[i] is set and the row is left to the caller."""
@@ -116,7 +111,8 @@ def exact_radii(x, n64, topv, topi, slack, ks, out, overflow):
     kmax = 0
     for k in ks:
         kmax = max(kmax, k)
-    for i in nb.prange(x.shape[0]):
+    d = np.empty(m)
+    for i in range(lo, hi):
         limit = topv[i, kmax] + slack[i]
         if topv[i, m - 1] <= limit:
             overflow[i] = True
@@ -124,13 +120,12 @@ def exact_radii(x, n64, topv, topi, slack, ks, out, overflow):
         cnt = 0
         while cnt < m and topv[i, cnt] <= limit:
             cnt += 1
-        d = np.empty(cnt)
         for c in range(cnt):
             j = topi[i, c]
-            d[c] = 0.0 if j == i else _d2_64(x, i, j, n64)
-        d.sort()
+            d[c] = 0.0 if j == i else max(n64[i] + n64[j] - 2.0 * _dot64(x[i], x[j]), 0.0)
+        e = np.sort(d[:cnt])
         for n in range(len(ks)):
-            out[n, i] = d[ks[n]]
+            out[n, i] = e[ks[n]]
 
 
 @nb.njit(fastmath=_FAST, **_OPTS)
@@ -194,21 +189,12 @@ def cross(lo, hi, p, row0, n_fake, n_real, r2_real, r2_dc, w_real, r2_fake, w_fa
                 break
 
 
-@nb.njit(parallel=True, **_OPTS)
-def exact_pairs(xa, na, ia, xb, nb_, ib):
-    """float64 squared distances of the pairs (xa[ia], xb[ib])."""
-    out = np.empty(len(ia))
-    for s in nb.prange(len(ia)):
+@nb.njit(**_OPTS)
+def exact_pairs(lo, hi, xa, na, ia, xb, nb_, ib, out):
+    """out[s] = float64 squared distance of the pair (xa[ia[s]], xb[ib[s]]), for s in lo..hi."""
+    for s in range(lo, hi):
         i, j = ia[s], ib[s]
-        acc = 0.0
-        for t in range(xa.shape[1]):
-            acc += np.float64(xa[i, t]) * np.float64(xb[j, t])
-        out[s] = max(na[i] + nb_[j] - 2.0 * acc, 0.0)
-    return out
-
-
-def threads() -> int:
-    return nb.get_num_threads()
+        out[s] = max(na[i] + nb_[j] - 2.0 * _dot64(xa[i], xb[j]), 0.0)
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:
@@ -229,11 +215,11 @@ def _warm():
     topv, topi = np.full((n, 3), np.inf, f32), np.zeros((n, 3), np.int64)
     topm_rows(0, n, p, 0, 0, v, v, topv, topi)
     topm_cols(0, n, p, 0, 0, v, v, topv, topi, np.full(n, np.inf, f32))
-    n64 = norms64(x)
-    exact_radii(x, n64, topv, topi, v, np.array([1]), np.zeros((1, n)), np.zeros(n, np.bool_))
+    norms64(0, n, x, z)
+    exact_radii(0, n, x, z, topv, topi, v, np.array([1]), np.zeros((1, n)), np.zeros(n, np.bool_))
     cross(0, n, p, 0, v, v, v, v, v, v, v, f32(1e-5), np.zeros(n, np.int8), i64, i64.copy(), i64.copy(),
           np.zeros((4, n), f32), v.copy(), v.copy(), v.copy())
-    exact_pairs(x, z, i64, x, z, i64)
+    exact_pairs(0, n, x, z, i64, x, z, i64, z.copy())
 
 
 _warm()

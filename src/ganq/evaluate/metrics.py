@@ -197,10 +197,10 @@ def _parallel(jobs):
         fn, args = jobs[0]
         fn(*args)
         return
-    if _POOL is None:
+    if _POOL is None or _POOL[0] != os.getpid():  # a forked child inherits the pool but not its threads
         from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(_threads(), thread_name_prefix="ganq-knn")
-    for f in [_POOL.submit(fn, *args) for fn, args in jobs]:
+        _POOL = (os.getpid(), ThreadPoolExecutor(_threads(), thread_name_prefix="ganq-knn"))
+    for f in [_POOL[1].submit(fn, *args) for fn, args in jobs]:
         f.result()
 
 
@@ -222,7 +222,8 @@ class _Points:
         from ganq.evaluate import _knn
         self.x = _check(x, "features")
         self.x32 = self.x if self.x.dtype == np.float32 else self.x.astype(np.float32)
-        self.n64 = _knn.norms64(self.x)
+        self.n64 = np.empty(len(self.x))
+        _parallel([(_knn.norms64, (lo, hi, self.x, self.n64)) for lo, hi in _knn.split(len(self.x), _threads())])
         self.n32 = self.n64.astype(np.float32)
 
     def __len__(self):
@@ -233,7 +234,10 @@ def _exact_pairs(a: _Points, ia: np.ndarray, b: _Points, ib: np.ndarray) -> np.n
     """float64 squared distances of the pairs (a[ia], b[ib])."""
     from ganq.evaluate import _knn
     ia, ib = np.ascontiguousarray(ia, np.int64), np.ascontiguousarray(ib, np.int64)
-    return _knn.exact_pairs(a.x, a.n64, ia, b.x, b.n64, ib)
+    out = np.empty(len(ia))
+    _parallel([(_knn.exact_pairs, (lo, hi, a.x, a.n64, ia, b.x, b.n64, ib, out))
+               for lo, hi in _knn.split(len(ia), _threads())])
+    return out
 
 
 def _exact_rows(a: _Points, ia: np.ndarray, b: _Points) -> np.ndarray:
@@ -300,7 +304,8 @@ def sq_radii(x: np.ndarray, ks: tuple[int, ...], points: _Points | None = None, 
     out = np.empty((len(ks), n))
     overflow = np.zeros(n, dtype=bool)
     ks_arr = np.asarray(ks, dtype=np.int64)
-    _knn.exact_radii(p.x, p.n64, topv, topi, slack, ks_arr, out, overflow)
+    _parallel([(_knn.exact_radii, (lo, hi, p.x, p.n64, topv, topi, slack, ks_arr, out, overflow))
+               for lo, hi in _knn.split(n, threads)])
     todo = np.flatnonzero(overflow)
     for s in range(0, len(todo), 256):
         idx = todo[s:s + 256]
