@@ -105,8 +105,13 @@ def _nvidia_like_vgg16(path):
         def forward(self, img, resize_images: bool = True, return_lpips: bool = False,
                     return_features: bool = False):
             x = img.to(torch.float32)
-            if resize_images:
-                x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+            if resize_images:  # TF1-style bilinear resize by affine_grid + grid_sample, the demanding case for export
+                theta = torch.eye(2, 3, dtype=x.dtype, device=x.device)
+                theta[0, 2] += theta[0, 0] / x.shape[3] - theta[0, 0] / 224
+                theta[1, 2] += theta[1, 1] / x.shape[2] - theta[1, 1] / 224
+                grid = F.affine_grid(theta.unsqueeze(0).repeat(x.shape[0], 1, 1), [x.shape[0], x.shape[1], 224, 224],
+                                     align_corners=False)
+                x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
             x = x - self.mean
             return self.layers(x, return_features)
 
