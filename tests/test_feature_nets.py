@@ -153,3 +153,15 @@ def test_nvidia_vgg16_refuses_what_is_not_its_interface(tmp_path):
     with pytest.raises(GanqError, match="not a TorchScript archive"):
         convert("vgg16", tmp_path / "sd.pth", tmp_path / "o.onnx", (3, 32, 32), check=False)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_torchscript_forward_onnx_cannot_express_is_one_line(tmp_path):
+    class Odd(torch.nn.Module):  # torch.linalg.eigvals has no ONNX export
+        def forward(self, img, return_features: bool = False):
+            x = img.to(torch.float32).flatten(1)[:, :4].reshape(-1, 2, 2)
+            return torch.linalg.eigvals(x).real.flatten(1)
+
+    torch.jit.save(torch.jit.script(Odd()), str(tmp_path / "odd.pt"))
+    with pytest.raises(GanqError, match="does not export to ONNX opset 21"):
+        convert("vgg16", tmp_path / "odd.pt", tmp_path / "o.onnx", (3, 32, 32), check=False)
+    assert not (tmp_path / "o.onnx").exists()

@@ -197,9 +197,13 @@ def convert(kind: str, weights: str | Path, out: str | Path, image_shape: tuple[
     outputs = ["logits", "features"] if kind == "inception" else ["features"]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(2, c, h, w),), buf, input_names=["image"], output_names=outputs,
-                          opset_version=21, dynamo=False,
-                          dynamic_axes={"image": {0: "N"}, **{o: {0: "N"} for o in outputs}})
+        try:
+            torch.onnx.export(model, (torch.zeros(2, c, h, w),), buf, input_names=["image"], output_names=outputs,
+                              opset_version=21, dynamo=False,
+                              dynamic_axes={"image": {0: "N"}, **{o: {0: "N"} for o in outputs}})
+        except Exception as e:  # an op of the weights file's own code that ONNX (opset 21) cannot express
+            raise GanqError(f"{weights}: {kind} does not export to ONNX opset 21 "
+                            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]}); nothing written") from None
     proto = onnx.load_from_string(buf.getvalue())
     dim = int(proto.graph.output[-1].type.tensor_type.shape.dim[-1].dim_value) or (2048 if kind == "inception"
                                                                                    else 4096)
