@@ -191,8 +191,7 @@ def test_sq_radii_with_more_ties_than_the_list_holds():
     assert np.all(got[:, :30] == 0.0)
 
 
-hyp = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import given, settings  # noqa: E402  (a dev dependency: missing, this file fails rather than skips)
 from hypothesis import strategies as st  # noqa: E402
 
 

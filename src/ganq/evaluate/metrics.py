@@ -16,10 +16,7 @@ BLOCK = 2048
 
 
 def _as2d(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise GanqError(f"{name}: expected features [N >= 2, D], got shape {x.shape}")
-    return x.astype(np.float64, copy=False)
+    return _check(x, name).astype(np.float64, copy=False)
 
 
 def _blocks(a: np.ndarray, b: np.ndarray, block: int = BLOCK):
@@ -256,6 +253,13 @@ def _exact_rows(a: _Points, ia: np.ndarray, b: _Points) -> np.ndarray:
     return out
 
 
+def _exact_row_batches(a: _Points, ia: np.ndarray, b: _Points, batch: int = 256):
+    """(rows, float64 [len(rows), len(b)] squared distances) for the rows ia of a, a batch at a time."""
+    for s in range(0, len(ia), batch):
+        idx = ia[s:s + batch]
+        yield idx, _exact_rows(a, idx, b)
+
+
 def _tiles(n: int, tile: int) -> int:
     return -(-n // tile)
 
@@ -307,9 +311,7 @@ def sq_radii(x: np.ndarray, ks: tuple[int, ...], points: _Points | None = None, 
     _parallel([(_knn.exact_radii, (lo, hi, p.x, p.n64, topv, topi, slack, ks_arr, out, overflow))
                for lo, hi in _knn.split(n, threads)])
     todo = np.flatnonzero(overflow)
-    for s in range(0, len(todo), 256):
-        idx = todo[s:s + 256]
-        d2 = _exact_rows(p, idx, p)
+    for idx, d2 in _exact_row_batches(p, todo, p):
         d2[np.arange(len(idx)), idx] = 0.0
         out[:, idx] = np.partition(d2, ks_arr, axis=1)[:, ks_arr].T
     return out
@@ -376,24 +378,17 @@ def manifold_metrics(fake: np.ndarray, real: np.ndarray, k: int = 3, strict: boo
     cmp = np.less if strict else np.less_equal
     # precision: rows with a decision within float32's error are decided in float64
     in_real = prec == 2
-    amb = np.flatnonzero(prec == 1)
-    for s in range(0, len(amb), 256):
-        idx = amb[s:s + 256]
-        in_real[idx] = cmp(_exact_rows(fp, idx, rp), r2_real[None, :]).any(axis=1)
+    for idx, d2 in _exact_row_batches(fp, np.flatnonzero(prec == 1), rp):
+        in_real[idx] = cmp(d2, r2_real[None, :]).any(axis=1)
     # recall and coverage: real columns near their thresholds, in float64 against every fake sample
     covered, cov = rec == 2, cover == 2
-    amb_cols = np.flatnonzero((rec == 1) | (cover == 1))
-    for s in range(0, len(amb_cols), 256):
-        idx = amb_cols[s:s + 256]
-        d2 = _exact_rows(rp, idx, fp)
+    for idx, d2 in _exact_row_batches(rp, np.flatnonzero((rec == 1) | (cover == 1)), fp):
         covered[idx] = cmp(d2, r2_fake[None, :]).any(axis=1)
         cov[idx] = d2.min(axis=1) < r2_dc[idx]
     # density: rows holding a near-tie are counted again in float64
     density = dens_sure.copy()
-    amb = np.flatnonzero(dens_band)
-    for s in range(0, len(amb), 256):
-        idx = amb[s:s + 256]
-        density[idx] = np.count_nonzero(_exact_rows(fp, idx, rp) < r2_dc[None, :], axis=1)
+    for idx, d2 in _exact_row_batches(fp, np.flatnonzero(dens_band), rp):
+        density[idx] = np.count_nonzero(d2 < r2_dc[None, :], axis=1)
     # realism: each maximum recomputed in float64 at its (float32) argmax
     # (the same 1e-18 guard as realism(): on the distance for the paper's score, on its square for the official one)
     d2_fake = _exact_pairs(fp, np.arange(nf), rp, arg_fake)
