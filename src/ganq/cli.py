@@ -129,6 +129,8 @@ def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar
           resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete epoch")] = False,
           force: Annotated[bool, typer.Option("--force", help="Start over in an existing folder")] = False,
           keep_every: Annotated[int, typer.Option(help="Also keep checkpoints/epoch-NNN.pt every N epochs")] = 0,
+          ema: Annotated[float, typer.Option(help="Keep an EMA of the generator's weights with this decay, "
+                                                  "in (0, 1), e.g. 0.999; 0 = off")] = 0.0,
           data_root: DataRoot = None,
           download: Annotated[bool, typer.Option("--download", help="Download with torchvision if missing")] = False):
     """Train a GAN; a checkpoint and a sample grid per epoch."""
@@ -137,7 +139,7 @@ def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar
 
     cfg = TrainConfig(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, latent_dim=latent_dim,
                       seed=seed, limit=limit, label_smoothing=label_smoothing, dropout=dropout,
-                      image_size=image_size, channels=channels)
+                      image_size=image_size, channels=channels, ema=ema)
     bar = _TrainBar()
     try:
         row = run_train(cfg, out, resume=resume, force=force, device=device, data_root=data_root,

@@ -42,6 +42,7 @@ class TrainConfig:
     image_size: int | None = None
     channels: int | None = None
     grid: int = 64
+    ema: float = 0.0  # 0: off (the study's setting); else the decay of the generator's weight EMA
 
     def __post_init__(self):
         if self.dropout is None:
@@ -56,6 +57,8 @@ class TrainConfig:
             raise GanqError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if not 0 <= self.dropout < 1:
             raise GanqError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.ema != 0.0 and not 0 < self.ema < 1:
+            raise GanqError(f"--ema must be in (0, 1) (or 0 for off), got {self.ema}")
 
     def same_run(self, other: "TrainConfig") -> list[str]:
         """Settings that differ, except those a resumed run may change (epochs)."""
@@ -68,6 +71,34 @@ class Progress:
     def start(self, total_steps: int, done_steps: int, images_per_step: int) -> None: ...
     def step(self, d_loss: float, g_loss: float) -> None: ...
     def epoch(self, row: dict) -> None: ...
+
+
+class GeneratorEMA:
+    """An exponential moving average of a generator's parameters: after each generator step,
+    ema <- decay * ema + (1 - decay) * w, starting from the initial weights (ema_0 = w_0), so after T steps
+    ema_T = decay^T w_0 + (1 - decay) * sum_{t=1..T} decay^(T-t) w_t.
+
+    BatchNorm's running statistics are buffers, not parameters: they are copied from the raw generator when the
+    EMA is read (state_dict), as StyleGAN and most GAN codebases do, rather than averaged or recomputed."""
+
+    def __init__(self, g: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = {k: v.detach().clone() for k, v in g.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, g: torch.nn.Module) -> None:
+        for k, v in g.named_parameters():
+            self.params[k].lerp_(v.detach(), 1.0 - self.decay)
+
+    def state_dict(self, g: torch.nn.Module) -> dict:
+        return {k: (self.params[k] if k in self.params else v).detach().cpu().clone()
+                for k, v in g.state_dict().items()}
+
+    def load(self, state: dict) -> None:
+        for k in self.params:
+            if k not in state or state[k].shape != self.params[k].shape:
+                raise GanqError(f"checkpoint's generator_ema lacks or misshapes {k}")
+            self.params[k].copy_(state[k])
 
 
 def pick_device(device: str) -> torch.device:
@@ -171,6 +202,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     g, d = g.to(dev), d.to(dev)
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+    ema = GeneratorEMA(g, config.ema) if config.ema else None
     start_epoch = 0
     if state is not None:
         if state["spec"] != spec.to_dict():
@@ -180,6 +212,10 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
         opt_g.load_state_dict(state["optimizers"]["g"])
         opt_d.load_state_dict(state["optimizers"]["d"])
         start_epoch = int(state["epoch"])
+        if ema is not None:
+            if "generator_ema" not in state:
+                raise GanqError(f"{out}: checkpoint has no generator EMA to resume")
+            ema.load(state["generator_ema"])
         torch.set_rng_state(state["rng"]["torch"])
         if dev.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
@@ -225,6 +261,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
+            if ema is not None:
+                ema.update(g)
 
             vals = (loss_d.item(), loss_g.item(), torch.sigmoid(d_real).mean().item(),
                     torch.sigmoid(d_fake).mean().item())
@@ -245,6 +283,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
                 "generator": {k: v.cpu() for k, v in g.state_dict().items()},
                 "discriminator": {k: v.cpu() for k, v in d.state_dict().items()},
                 "optimizers": {"g": opt_g.state_dict(), "d": opt_d.state_dict()}, "epoch": epoch, "rng": rng}
+        if ema is not None:
+            ckpt["generator_ema"] = ema.state_dict(g)
+            ckpt["ema_decay"] = config.ema
         checkpoint.save(out / "checkpoint.pt", ckpt)
         if keep_every and epoch % keep_every == 0:
             checkpoint.save(out / "checkpoints" / f"epoch-{epoch:03d}.pt", ckpt)
