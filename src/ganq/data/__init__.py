@@ -18,6 +18,7 @@ from ganq.data.cifar import read_batch, read_classes
 from ganq.data.folder import read_image_folder
 from ganq.data.idx import read_idx
 from ganq.errors import GanqError
+from ganq.registry import Registry
 
 SPLITS = ("train", "test")
 FOLDER_PREFIX = "folder:"
@@ -155,13 +156,11 @@ class Entry:
 _DIGITS = tuple(str(i) for i in range(10))
 _FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
-REGISTRY: dict[str, Entry] = {}
+REGISTRY: Registry[Entry] = Registry("data set", f", or {FOLDER_PREFIX}PATH for your own image folder")
 
 
 def register(entry: Entry) -> None:
-    if entry.name in REGISTRY:
-        raise ValueError(f"data set {entry.name!r} is already registered")
-    REGISTRY[entry.name] = entry
+    REGISTRY.register(entry.name, entry)
 
 
 register(Entry("mnist", "MNIST handwritten digits, 60k train + 10k test", (1, 28, 28),
@@ -181,14 +180,11 @@ register(Entry("cifar10-jpeg", "CIFAR-10 as JPEG (quality ~75, lossy: not compar
 
 
 def names() -> list[str]:
-    return list(REGISTRY)
+    return REGISTRY.names()
 
 
 def get_entry(name: str) -> Entry:
-    if name not in REGISTRY:
-        raise GanqError(f"unknown data set {name!r}; choose one of {', '.join(REGISTRY)}, "
-                        f"or {FOLDER_PREFIX}PATH for your own image folder")
-    return REGISTRY[name]
+    return REGISTRY.get(name)
 
 
 def locate(name: str, data_root=None) -> tuple[Path | None, list[str]]:

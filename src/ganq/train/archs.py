@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ganq.errors import GanqError
+from ganq.registry import Registry
 from ganq.spec import GeneratorSpec
 
 
@@ -124,13 +125,11 @@ class Arch:
     build_fn: Callable
 
 
-ARCHS: dict[str, Arch] = {}
+ARCHS: Registry[Arch] = Registry("architecture")
 
 
 def register(arch: Arch) -> None:
-    if arch.name in ARCHS:
-        raise ValueError(f"architecture {arch.name!r} is already registered")
-    ARCHS[arch.name] = arch
+    ARCHS.register(arch.name, arch)
 
 
 register(Arch("fc4", "4 Linear layers per network (the study's MNIST FC GAN)",
@@ -144,9 +143,7 @@ register(Arch("dcgan", "standard DCGAN (Radford et al. 2016), 4 transposed convo
 
 
 def check_fits(arch: str, spec: GeneratorSpec) -> Arch:
-    if arch not in ARCHS:
-        raise GanqError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    a = ARCHS[arch]
+    a = ARCHS.get(arch)
     if not a.fits(spec):
         raise GanqError(f"architecture {arch} takes {a.shapes} images, but {spec.dataset or 'the data'} has "
                         f"{spec.channels}x{spec.height}x{spec.width}")
