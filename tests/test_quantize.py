@@ -13,9 +13,13 @@ from onnx.reference import ReferenceEvaluator
 from ganq.errors import GanqError
 from ganq.quantize import QuantizeOptions, fold_batchnorm, quantize_file, quantize_model
 from ganq.quantize.formats import pack_planes, unpack_planes
-from ganq.quantize.schemes import MinMax
+from ganq.quantize.methods.minmax import MinMax
 from ganq.quantize.select import find_targets
 from ganq.spec import META_QUANT, read_metadata
+
+def _mm(x, bits, granularity="tensor", axis=None):
+    return MinMax().solve(x, bits, axis if granularity == "channel" else None)
+
 
 floats = arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 7)),
                 elements=st.floats(-1e3, 1e3, width=32, allow_nan=False))
@@ -25,7 +29,7 @@ floats = arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 7)),
 
 def test_minmax_closed_form():
     x = np.array([-1.0, -0.2, 0.0, 0.3, 1.0], np.float32)
-    q = MinMax(bits=2).quantize(x)  # grid: -1, -1/3, 1/3, 1
+    q = _mm(x, 2)  # grid: -1, -1/3, 1/3, 1
     assert q.codes.tolist() == [0, 1, 1, 2, 3]
     assert np.allclose(q.dequantize(), [-1, -1 / 3, -1 / 3, 1 / 3, 1], atol=1e-7)
     assert q.dequantize()[0] == -1.0 and q.dequantize()[-1] == 1.0  # the extremes are exact
@@ -35,14 +39,14 @@ def test_constant_tensor_comes_back_exactly():
     for value in (0.0, 0.7, -3.25):
         x = np.full((4, 3), value, np.float32)
         for g in ("tensor", "channel"):
-            xh = MinMax(bits=3, granularity=g).quantize(x, axis=0).dequantize()
+            xh = _mm(x, 3, g, axis=0).dequantize()
             assert np.array_equal(xh, x) and not np.isnan(xh).any()
 
 
 @settings(max_examples=60, deadline=None)
 @given(floats, st.integers(1, 16), st.sampled_from(["tensor", "channel"]))
 def test_properties(x, bits, granularity):
-    q = MinMax(bits=bits, granularity=granularity).quantize(x, axis=1)
+    q = _mm(x, bits, granularity, axis=1)
     xh = q.dequantize()
     assert xh.dtype == np.float32 and xh.shape == x.shape
     assert q.codes.min() >= 0 and q.codes.max() <= 2 ** bits - 1
@@ -51,11 +55,11 @@ def test_properties(x, bits, granularity):
     else:
         assert all(len(np.unique(xh[:, c])) <= 2 ** bits for c in range(x.shape[1]))
     # |x - Q(x)| <= step / 2 (plus float32 rounding of the reconstruction)
-    step = q.scale
-    tol = step / 2 + 4 * np.finfo(np.float32).eps * np.maximum(np.abs(x), np.abs(q.minimum)).max()
+    step = q.decoder.scale
+    tol = step / 2 + 4 * np.finfo(np.float32).eps * np.maximum(np.abs(x), np.abs(q.decoder.offset)).max()
     assert np.all(np.abs(x - xh) <= tol)
     # idempotent: quantizing x_hat again gives the same codes
-    q2 = MinMax(bits=bits, granularity=granularity).quantize(xh, axis=1)
+    q2 = _mm(xh, bits, granularity, axis=1)
     assert np.array_equal(q2.codes, q.codes)
     # the minimum comes back exactly (code 0); the maximum within one float32 ulp of the range max - min
     # (x_hat = q * scale + min rounds the scale, so the error scales with the range, not with max itself)
@@ -64,7 +68,7 @@ def test_properties(x, bits, granularity):
     assert np.array_equal(xh.min(axis=axis), lo)
     assert np.all(np.abs(xh.max(axis=axis) - hi) <= np.spacing((hi - lo).astype(np.float32)) + np.abs(np.spacing(hi)))
     # deterministic
-    assert np.array_equal(MinMax(bits=bits, granularity=granularity).quantize(x, axis=1).codes, q.codes)
+    assert np.array_equal(_mm(x, bits, granularity, axis=1).codes, q.codes)
 
 
 @given(st.integers(1, 16), st.integers(1, 300), st.integers(0, 2 ** 32 - 1))
@@ -80,7 +84,7 @@ def test_bad_options():
     for kw, msg in (({"bits": 0}, "from 1 to 16"), ({"bits": 17}, "from 1 to 16"),
                     ({"bits": 4, "format": "zip"}, "fake, int, packed"),
                     ({"bits": 4, "granularity": "row"}, "tensor, channel"),
-                    ({"bits": 4, "method": "kmeans"}, "minmax")):
+                    ({"bits": 4, "method": "nearest"}, "minmax, symmetric, mse")):
         with pytest.raises(GanqError, match=msg):
             QuantizeOptions(**kw)
 
@@ -124,7 +128,7 @@ def test_selection_axes(case):
 
 def _expected_weight(m, bits, granularity, axis):
     w = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == "W"))
-    return MinMax(bits=bits, granularity=granularity).quantize(w, axis=axis).dequantize()
+    return _mm(w, bits, granularity, axis).dequantize()
 
 
 def _with_weight_output(model):
@@ -204,10 +208,20 @@ def test_bits_32_leaves_model_float():
 def test_low_opset_int_and_packed():
     args, attrs, _ = CASES["gemm"]
     m = _one_node(*args, opset=17, **attrs)
+    # --no-upgrade-opset: what opset 17 has (packed needs BitwiseAnd, int falls back to a uint8 container)
     with pytest.raises(GanqError, match="opset >= 18"):
-        quantize_model(m, QuantizeOptions(bits=3, format="packed"))
-    qm, _ = quantize_model(m, QuantizeOptions(bits=3, format="int"))  # falls back to a uint8 container
+        quantize_model(m, QuantizeOptions(bits=3, format="packed", upgrade_opset=False))
+    qm, _ = quantize_model(m, QuantizeOptions(bits=3, format="int", upgrade_opset=False))
     assert next(i for i in qm.graph.initializer if i.name.startswith("W_q")).data_type == TensorProto.UINT8
+    # by default the opset is upgraded (onnx.version_converter, outputs checked) and said so
+    for fmt in ("int", "packed"):
+        qm, rep = quantize_model(m, QuantizeOptions(bits=3, format=fmt))
+        assert rep["opset"] == 21 and any("opset 17 -> 21" in n for n in rep["notes"])
+    assert next(i for i in qm.graph.initializer if i.name.startswith("W_planes")).data_type == TensorProto.UINT8
+    qm, rep = quantize_model(m, QuantizeOptions(bits=3, format="int"))
+    assert next(i for i in qm.graph.initializer if i.name.startswith("W_q")).data_type == TensorProto.UINT4
+    _, rep = quantize_model(m, QuantizeOptions(bits=3, format="fake"))  # fake needs nothing: left alone
+    assert rep["opset"] == 17 and "notes" not in rep
 
 
 # --- BatchNorm folding --------------------------------------------------------------------------------------

@@ -179,12 +179,16 @@ def _size(b: int) -> str:
 
 
 def _render_quant(r: dict) -> None:
-    rows = [[t["tensor"], t["op"], "x".join(map(str, t["shape"])), f"{t['params']:,}", _size(t["bytes_fp32"]),
+    rows = [[t["tensor"], t["op"], "x".join(map(str, t.get("shape_stored", t["shape"]))), t["bits"], t["method"],
+             t["decoder"], f"{t.get('params_stored', t['params']):,}", _size(t["bytes_fp32"]),
              _size(t["bytes_ideal"]), _size(t["bytes_stored"]), t["levels_used"]] for t in r["tensors"]]
-    title = (f"{r['bits']}-bit {r['method']} per {r['granularity']}, format {r['format']}"
+    width = f"{r['avg_bits']:.2f}-bit average" if r.get("mixed") else f"{r['bits']}-bit"
+    title = (f"{width} {r['method']} per {r['granularity']}, format {r['format']}"
              + (f", {r['bn_folded']} BatchNorm folded" if r["fold_bn"] else ""))
-    out_console.print(_table(title, ["tensor", "op", "shape", "params", "fp32", "ideal", "stored", "levels"], rows))
-    out_console.print(_table("model size", ["params quantized", "params float", "fp32", f"ideal {r['bits']}-bit",
+    out_console.print(_table(title, ["tensor", "op", "shape", "bits", "method", "decoder", "params", "fp32", "ideal",
+                                     "stored", "levels"], rows))
+    ideal = f"ideal {r['avg_bits']:.2f}-bit" if r.get("mixed") else f"ideal {r['bits']}-bit"
+    out_console.print(_table("model size", ["params quantized", "params float", "fp32", ideal,
                                             "file", "gzip", "file / fp32"],
                              [[f"{r['params_quantized']:,}", f"{r['params_float']:,}", _size(r["bytes_fp32"]),
                                _size(r["bytes_ideal"]), _size(r["bytes_file"]), _size(r["bytes_gzip"]),
@@ -192,25 +196,54 @@ def _render_quant(r: dict) -> None:
     out_console.print(f"wrote {r['out']} ({r['bytes_file'] / r['bytes_fp32']:.3f} of fp32)", highlight=False)
 
 
-@app.command()
+def _methods_help() -> str:
+    from rich.markup import escape
+
+    from ganq.quantize.methods import METHODS
+
+    return "\n\n".join(f"[bold]{n}[/bold]: {escape(cls.summary)}" for n, cls in METHODS.items())
+
+
+def _method_options(method: str, method_opt: list[str]) -> tuple:
+    from ganq.quantize.methods import parse_method_opts
+
+    return parse_method_opts(method_opt or [])
+
+
+@app.command(epilog="Methods (--method):\n\n" + _methods_help(), rich_help_panel=None)
 @handles_errors
 def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or zoo:NAME)")],
              bits: Annotated[int, typer.Option(help="1..16; 32 leaves the weights float")],
              out: Annotated[Path, typer.Option(help="Output .onnx")],
-             method: Annotated[str, typer.Option(help="minmax")] = "minmax",
+             method: Annotated[str, typer.Option(help="Quantization method (listed below)")] = "minmax",
+             method_opt: Annotated[Optional[list[str]], typer.Option(
+                 help="KEY=VALUE option of the method, repeatable (e.g. prior=gaussian for aciq)")] = None,
              granularity: Annotated[str, typer.Option(help="tensor or channel")] = "tensor",
              format: Annotated[str, typer.Option("--format", help="fake, int or packed")] = "fake",
+             tensor_bits: Annotated[Optional[list[str]], typer.Option(
+                 help="NAME=BITS for one weight (NAME may be first or last), repeatable: a mixed plan")] = None,
+             plan: Annotated[Optional[Path], typer.Option(help="JSON plan with per-tensor bits/method")] = None,
              fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the weights first")] = False,
              include_bias: Annotated[bool, typer.Option("--include-bias", help="Quantize biases too")] = False,
+             keep_overridable: Annotated[bool, typer.Option(
+                 "--keep-overridable", help="Initializers listed as graph inputs stay inputs (not quantized)")] = False,
+             no_upgrade_opset: Annotated[bool, typer.Option(
+                 "--no-upgrade-opset", help="Keep an opset below 21 (int/packed then use what it has)")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
-    """Quantize a generator's weights to k bits; print the size report."""
+    """Quantize a generator's weights to k bits with a method; print the size report."""
     from ganq.quantize import QuantizeOptions, quantize_file
-
+    from ganq.quantize.plan import parse_tensor_bits
     from ganq.runtime import resolve_model
 
-    opts = QuantizeOptions(bits=bits, method=method, granularity=granularity, format=format, fold_bn=fold_bn,
-                           include_bias=include_bias)
-    _emit(quantize_file(resolve_model(model), out, opts), as_json, _render_quant)
+    opts = QuantizeOptions(bits=bits, method=method, method_opts=_method_options(method, method_opt),
+                           granularity=granularity, format=format, fold_bn=fold_bn, include_bias=include_bias,
+                           tensor_bits=parse_tensor_bits(tensor_bits or []),
+                           plan_file=str(plan) if plan else None, keep_overridable=keep_overridable,
+                           upgrade_opset=not no_upgrade_opset)
+    report = quantize_file(resolve_model(model), out, opts)
+    for note in report.get("notes", []):
+        err_console.print(f"note: {note}", markup=False, highlight=False)
+    _emit(report, as_json, _render_quant)
 
 
 @app.command("spec")

@@ -1,30 +1,35 @@
-"""Storage formats: how a QuantizedTensor lives in the ONNX file.
+"""Storage formats: how a Solution (codes + decoder) lives in the ONNX file.
 
 fake    x_hat as float32 initializers (the study's method; the file does not shrink)
-int     codes in the smallest ONNX integer type (UINT4 raw-packed two per byte, UINT8, UINT16) -> DequantizeLinear
-        -> Add(minimum): the exact min-max grid, zero point 0
+int     affine: codes in the smallest ONNX integer type (UINT4 raw-packed two per byte, UINT8, UINT16)
+        -> DequantizeLinear(scale, zero point) -> Add(offset);
+        codebook: UINT4/UINT8 codes -> Cast(int32) [-> Add(channel * L)] -> Gather(levels)
 packed  codes as k bit planes of packbits-ed uint8, decoded in the graph by BitShift/BitwiseAnd/Cast/ReduceSum,
-        then Mul(scale), Add(minimum); all constant, so onnxruntime folds the decoder when it loads the model
+        then the affine decoder ([Sub(zero point)], Mul(scale), Add(offset)) or the Gather
+Every decoder depends on initializers only, so onnxruntime folds it when it loads the model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import ml_dtypes
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ganq.errors import GanqError
-from ganq.quantize.schemes import QuantizedTensor
-
-FORMATS = ("fake", "int", "packed")
+from ganq.quantize.decoders import Affine, Codebook, Solution, channel_shape
+from ganq.registry import Registry
 
 
 class GraphBuilder:
-    """Collects the initializers and nodes that replace weight initializers; shared constants are made once."""
+    """Collects the initializers and nodes that replace weight initializers; shared constants are made once.
+    `replace` holds float arrays that overwrite an initializer in place (the fake format)."""
 
     def __init__(self, taken: set[str], prefix: str = "ganq_q"):
         self.prefix, self.inits, self.nodes, self._shared, self.taken = prefix, [], [], {}, set(taken)
+        self.replace: dict[str, np.ndarray] = {}
 
     def fresh(self, name: str) -> str:
         """A name no tensor of the graph has yet."""
@@ -62,30 +67,58 @@ def code_container(bits: int, opset: int) -> tuple[type, int]:
     raise GanqError(f"the int format for {bits} bits needs opset 21 (uint16 DequantizeLinear); the model has {opset}")
 
 
-def _affine(b: GraphBuilder, name: str, q: QuantizedTensor, value: str, out: str) -> str:
-    """out = value * scale + minimum (float32), with scale/minimum broadcast along the channel axis."""
-    scaled = b.node("Mul", [value, b.init(f"{name}_scale", q.scale)], f"{name}_scaled")
-    return b.node("Add", [scaled, b.init(f"{name}_min", q.minimum)], out, final=True)
-
-
-def emit_int(b: GraphBuilder, name: str, q: QuantizedTensor, opset: int) -> int:
-    """Replace initializer `name` by DequantizeLinear(codes) + minimum; returns bytes stored."""
-    if opset < 13 and q.axis is not None:
-        raise GanqError(f"per-channel int format needs opset >= 13 (DequantizeLinear axis); the model has {opset}")
-    np_type, _ = code_container(q.bits, opset)
-    codes = q.codes.astype(np_type)
-    per_channel = q.axis is not None
-    scale = q.scale.reshape(-1) if per_channel else q.scale.reshape(())
-    zp = np.zeros(scale.shape, dtype=np_type)
-    attrs = {"axis": q.axis} if per_channel else {}
-    deq = b.node("DequantizeLinear", [b.init(f"{name}_q", codes), b.init(f"{name}_qscale", scale),
-                                      b.init(f"{name}_zp", zp)], f"{name}_dq", **attrs)
-    b.node("Add", [deq, b.init(f"{name}_min", q.minimum)], name, final=True)
-    return _nbytes(codes) + 4 * scale.size + _nbytes(zp) + 4 * q.minimum.size
-
-
 def _nbytes(a: np.ndarray) -> int:
     return (a.size + 1) // 2 if a.dtype in (ml_dtypes.uint4, ml_dtypes.int4) else a.nbytes
+
+
+def _affine_tail(b: GraphBuilder, name: str, dec: Affine, value: str, out: str) -> str:
+    """out = (value - zero point) * scale + offset (float32), parameters broadcast along the channel axis."""
+    if np.any(dec.zero_point):
+        value = b.node("Sub", [value, b.init(f"{name}_zpf", dec.zero_point.astype(np.float32))], f"{name}_c")
+    scaled = b.node("Mul", [value, b.init(f"{name}_scale", dec.scale)], f"{name}_scaled")
+    return b.node("Add", [scaled, b.init(f"{name}_min", dec.offset)], out, final=True)
+
+
+def _gather_tail(b: GraphBuilder, name: str, sol: Solution, index: str, out: str) -> str:
+    """out = levels[index] (+ channel * L per channel); index is an int32 tensor shaped like the weight."""
+    dec: Codebook = sol.decoder
+    if sol.axis is not None:
+        c, per = dec.levels.shape
+        offsets = b.node("Range", [b.shared("zero_i32", np.array(0, np.int32)),
+                                   b.init(f"{name}_cl", np.array(c * per, np.int32)),
+                                   b.init(f"{name}_l", np.array(per, np.int32))], f"{name}_range")
+        offsets = b.node("Reshape", [offsets, b.init(f"{name}_cshape", np.array(
+            channel_shape(sol.codes.ndim, sol.axis, c), np.int64))], f"{name}_coff")
+        index = b.node("Add", [index, offsets], f"{name}_idx")
+    return b.node("Gather", [b.init(f"{name}_levels", dec.levels.reshape(-1)), index], out, final=True)
+
+
+def emit_fake(b: GraphBuilder, name: str, sol: Solution, opset: int) -> int:
+    b.replace[name] = sol.dequantize()
+    return b.replace[name].nbytes
+
+
+def emit_int(b: GraphBuilder, name: str, sol: Solution, opset: int) -> int:
+    """Replace initializer `name` by its integer codes and decoder; returns bytes stored."""
+    np_type, _ = code_container(sol.bits, opset)
+    codes = sol.codes.astype(np_type)
+    if isinstance(sol.decoder, Codebook):
+        if sol.bits > 8:
+            raise GanqError(f"{name}: codebook codes above 8 bits are not supported")
+        index = b.node("Cast", [b.init(f"{name}_q", codes)], f"{name}_i", to=TensorProto.INT32)
+        _gather_tail(b, name, sol, index, name)
+        return _nbytes(codes) + 4 * sol.decoder.levels.size
+    dec = sol.decoder
+    if opset < 13 and sol.axis is not None:
+        raise GanqError(f"per-channel int format needs opset >= 13 (DequantizeLinear axis); the model has {opset}")
+    per_channel = sol.axis is not None
+    scale = dec.scale.reshape(-1) if per_channel else dec.scale.reshape(())
+    zp = dec.zero_point.reshape(scale.shape).astype(np_type)
+    attrs = {"axis": sol.axis} if per_channel else {}
+    deq = b.node("DequantizeLinear", [b.init(f"{name}_q", codes), b.init(f"{name}_qscale", scale),
+                                      b.init(f"{name}_zp", zp)], f"{name}_dq", **attrs)
+    b.node("Add", [deq, b.init(f"{name}_min", dec.offset)], name, final=True)
+    return _nbytes(codes) + 4 * scale.size + _nbytes(zp) + 4 * dec.offset.size
 
 
 def pack_planes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -100,11 +133,11 @@ def unpack_planes(planes: np.ndarray, n: int) -> np.ndarray:
     return (bits << np.arange(len(planes), dtype=np.uint32)[:, None]).sum(axis=0)
 
 
-def emit_packed(b: GraphBuilder, name: str, q: QuantizedTensor, opset: int) -> int:
+def emit_packed(b: GraphBuilder, name: str, sol: Solution, opset: int) -> int:
     if opset < 18:
         raise GanqError(f"the packed format needs opset >= 18 (BitwiseAnd); the model has {opset}")
-    n, k = q.codes.size, q.bits
-    planes = pack_planes(q.codes, k)
+    n, k = sol.codes.size, sol.bits
+    planes = pack_planes(sol.codes, k)
     p = b.init(f"{name}_planes", planes)
     x = b.node("Unsqueeze", [p, b.shared("axis2", np.array([2], np.int64))], f"{name}_u")
     x = b.node("BitShift", [x, b.shared("shifts", np.arange(7, -1, -1, dtype=np.uint8))], f"{name}_sh",
@@ -116,6 +149,29 @@ def emit_packed(b: GraphBuilder, name: str, q: QuantizedTensor, opset: int) -> i
     x = b.node("Cast", [x], f"{name}_f", to=TensorProto.FLOAT)
     x = b.node("Mul", [x, b.shared(f"pow2_{k}", (2.0 ** np.arange(k, dtype=np.float32)).reshape(k, 1))], f"{name}_w")
     x = b.node("ReduceSum", [x, b.shared("axis0", np.array([0], np.int64))], f"{name}_codes", keepdims=0)
-    x = b.node("Reshape", [x, b.init(f"{name}_shape", np.array(q.codes.shape, np.int64))], f"{name}_qf")
-    _affine(b, name, q, x, name)
-    return planes.nbytes + 4 * q.scale.size + 4 * q.minimum.size
+    x = b.node("Reshape", [x, b.init(f"{name}_shape", np.array(sol.codes.shape, np.int64))], f"{name}_qf")
+    if isinstance(sol.decoder, Codebook):
+        index = b.node("Cast", [x], f"{name}_i", to=TensorProto.INT32)
+        _gather_tail(b, name, sol, index, name)
+        return planes.nbytes + 4 * sol.decoder.levels.size
+    _affine_tail(b, name, sol.decoder, x, name)
+    dec = sol.decoder
+    return planes.nbytes + 4 * dec.scale.size + 4 * dec.offset.size + (4 * dec.zero_point.size
+                                                                        if np.any(dec.zero_point) else 0)
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    summary: str
+    emit: Callable[[GraphBuilder, str, Solution, int], int]
+    min_opset: int = 1
+
+
+FORMATS: Registry[Format] = Registry("format")
+FORMATS.register("fake", Format("fake", "float32 x_hat (the study's fake quantization; the file does not shrink)",
+                                emit_fake))
+FORMATS.register("int", Format("int", "integer codes (UINT4/UINT8/UINT16) -> DequantizeLinear, or -> Gather for a "
+                                      "codebook", emit_int, 13))
+FORMATS.register("packed", Format("packed", "k bit planes decoded in the graph (the real k-bit size)", emit_packed,
+                                  18))

@@ -16,6 +16,10 @@ class Target:
     op_type: str    # consumer's op type
     role: str       # "weight" or "bias"
     axis: int       # output-channel axis of the initializer
+    in_axis: int | None = None  # the weight's input-channel axis (weights only)
+    x_axis: int | None = None   # the channel axis of the consumer's data input (input 0)
+    group: int = 1
+    consumers: int = 1          # nodes that read this initializer
 
 
 def _attr(node, name, default):
@@ -23,6 +27,17 @@ def _attr(node, name, default):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def _in_axes(node, ndim: int) -> tuple[int, int]:
+    """(input-channel axis of the weight, channel axis of the data input) of a weight op."""
+    if node.op_type == "Conv":
+        return 1, 1
+    if node.op_type == "ConvTranspose":
+        return 0, 1
+    if node.op_type == "Gemm":
+        return (1 if _attr(node, "transB", 0) else 0), (0 if _attr(node, "transA", 0) else 1)
+    return ndim - 2, -1  # MatMul
 
 
 def _weight_axis(node, ndim: int) -> int:
@@ -45,6 +60,10 @@ def find_targets(model: onnx.ModelProto, include_bias: bool = False, granularity
     inits = {i.name: i for i in graph.initializer}
     overridable = {i.name for i in graph.input}  # an initializer that is also a graph input may be fed at run time
     targets: dict[str, Target] = {}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in set(node.input):
+            uses[name] = uses.get(name, 0) + 1
     for node in graph.node:
         if node.op_type not in WEIGHT_OPS:
             continue
@@ -63,12 +82,14 @@ def find_targets(model: onnx.ModelProto, include_bias: bool = False, granularity
                     raise GanqError(f"{node.name or init.name}: grouped ConvTranspose (group="
                                     f"{_attr(node, 'group', 1)}) is not supported per channel; use --granularity tensor")
                 axis = _weight_axis(node, ndim)
+                in_axis, x_axis = _in_axes(node, ndim)
             else:
-                axis = 0
+                axis, in_axis, x_axis = 0, None, None
             if init.name in targets and targets[init.name].axis != axis:
                 raise GanqError(f"initializer {init.name} feeds weight ops along different channel axes; "
                                 "use --granularity tensor")
-            targets.setdefault(init.name, Target(init.name, node.op_type, role, axis))
+            targets.setdefault(init.name, Target(init.name, node.op_type, role, axis, in_axis, x_axis,
+                                                 int(_attr(node, "group", 1)), uses.get(init.name, 1)))
     return list(targets.values())
 
 
