@@ -18,7 +18,7 @@ from ganq.evaluate.metrics import sq_radii
 from ganq.evaluate import EvalOptions, FeatureCache, FeatureNet, real_images, resolve_features, score
 from ganq.quantize import FLOAT_BITS, QuantizeOptions, quantize_file
 from ganq.quantize.formats import FORMATS
-from ganq.quantize.schemes import GRANULARITIES, MAX_BITS
+from ganq.quantize.decoders import GRANULARITIES, MAX_BITS
 from ganq.runtime import Generator, resolve_model
 
 DEFAULT_BITS = (32, 8, 7, 6, 5, 4, 3)
