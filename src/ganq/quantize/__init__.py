@@ -210,11 +210,11 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         except GanqError as e:
             raise GanqError(f"{t.name}: {e}") from None
         if sol.split:
-            consumers = [n for n in graph.node if t.name in n.input]
+            consumers = [i for i, n in enumerate(graph.node) if t.name in n.input]
             if t.consumers != 1 or len(consumers) != 1:
                 raise GanqError(f"method ocs: weight {t.name} feeds {t.consumers} nodes; it can split only a weight "
                                 "used once")
-            before[id(consumers[0])] = _ocs_rewrite(graph, consumers[0], t, sol, builder)
+            before[consumers[0]] = _ocs_rewrite(graph, graph.node[consumers[0]], t, sol, builder)
         stored = fmt.emit(builder, t.name, sol, v)
         if options.format != "fake":
             replaced.add(t.name)
@@ -237,8 +237,8 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         del graph.initializer[:]
         graph.initializer.extend(kept + builder.inits)
         nodes = list(builder.nodes)  # the decoders depend on initializers only: put them first
-        for n in graph.node:
-            nodes.extend(before.get(id(n), []))
+        for i, n in enumerate(graph.node):
+            nodes.extend(before.get(i, []))
             nodes.append(n)
         del graph.node[:]
         graph.node.extend(nodes)

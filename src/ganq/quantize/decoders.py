@@ -48,10 +48,21 @@ class Affine:
             q = codes.astype(np.float32)
         return (q * self.scale).astype(np.float32) + self.offset
 
+    @property
+    def has_offset(self) -> bool:
+        return bool(np.any(self.offset))
+
+    @property
+    def uniform_zero_point(self) -> bool:
+        return bool(np.all(self.zero_point == self.zero_point.reshape(-1)[0]))
+
     def nbytes(self, bits: int) -> int:
-        """Decoder bytes: float32 scale and offset (the zero point, when used, in the code's width)."""
-        zp = int(np.ceil(self.zero_point.size * bits / 8)) if np.any(self.zero_point) else 0
-        return 4 * self.scale.size + 4 * self.offset.size + zp
+        """Decoder bytes: float32 scale, the offset when not all zero, the zero point when used (one value when
+        every channel shares it, else k bits a channel)."""
+        zp = 0
+        if np.any(self.zero_point):
+            zp = 4 if self.uniform_zero_point else int(np.ceil(self.zero_point.size * bits / 8))
+        return 4 * self.scale.size + (4 * self.offset.size if self.has_offset else 0) + zp
 
 
 @dataclass(frozen=True)

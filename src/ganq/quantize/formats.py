@@ -74,7 +74,11 @@ def _nbytes(a: np.ndarray) -> int:
 def _affine_tail(b: GraphBuilder, name: str, dec: Affine, value: str, out: str) -> str:
     """out = (value - zero point) * scale + offset (float32), parameters broadcast along the channel axis."""
     if np.any(dec.zero_point):
-        value = b.node("Sub", [value, b.init(f"{name}_zpf", dec.zero_point.astype(np.float32))], f"{name}_c")
+        zp = dec.zero_point.astype(np.float32)
+        zp = zp.reshape(-1)[:1].reshape(()) if dec.uniform_zero_point else zp
+        value = b.node("Sub", [value, b.init(f"{name}_zpf", zp)], f"{name}_c")
+    if not dec.has_offset:
+        return b.node("Mul", [value, b.init(f"{name}_scale", dec.scale)], out, final=True)
     scaled = b.node("Mul", [value, b.init(f"{name}_scale", dec.scale)], f"{name}_scaled")
     return b.node("Add", [scaled, b.init(f"{name}_min", dec.offset)], out, final=True)
 
@@ -117,6 +121,10 @@ def emit_int(b: GraphBuilder, name: str, sol: Solution, opset: int) -> int:
     attrs = {"axis": sol.axis} if per_channel else {}
     deq = b.node("DequantizeLinear", [b.init(f"{name}_q", codes), b.init(f"{name}_qscale", scale),
                                       b.init(f"{name}_zp", zp)], f"{name}_dq", **attrs)
+    if not dec.has_offset:
+        b.nodes[-1].output[0] = name  # DequantizeLinear gives the weight itself
+        b.nodes[-1].name = name
+        return _nbytes(codes) + 4 * scale.size + _nbytes(zp)
     b.node("Add", [deq, b.init(f"{name}_min", dec.offset)], name, final=True)
     return _nbytes(codes) + 4 * scale.size + _nbytes(zp) + 4 * dec.offset.size
 
@@ -155,9 +163,7 @@ def emit_packed(b: GraphBuilder, name: str, sol: Solution, opset: int) -> int:
         _gather_tail(b, name, sol, index, name)
         return planes.nbytes + 4 * sol.decoder.levels.size
     _affine_tail(b, name, sol.decoder, x, name)
-    dec = sol.decoder
-    return planes.nbytes + 4 * dec.scale.size + 4 * dec.offset.size + (4 * dec.zero_point.size
-                                                                        if np.any(dec.zero_point) else 0)
+    return planes.nbytes + sol.decoder.nbytes(32)  # the zero point is stored as float32
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Compression"), per tensor or per channel; a codebook.
     assign: q_n = argmin_j |x_n - c_j|;    update: c_j = mean{x_n : q_n = j}    until the assignments stop changing
 
 Deterministic start: the quantiles (j + 1/2) / 2^k of the weights (init=quantile), or the levels of `em` (init=em),
-in which case the error never exceeds em's.
+in which case the error never exceeds em's. A row with at most 2^k distinct values keeps them as its levels.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ class KMeans(Method):
         codes = np.empty(r.shape, np.int64)
         levels = np.empty((len(r), L), np.float32)
         for c, row in enumerate(r):
+            uniq = np.unique(row)
+            if len(uniq) <= L:  # as many levels as values: the values themselves, zero error
+                levels[c] = np.concatenate([uniq, np.full(L - len(uniq), uniq[-1], np.float32)])
+                codes[c] = np.searchsorted(uniq, row)
+                continue
             if self.init == "em":
                 ec, es, eo, _ = em_row(row, bits, 100)
                 start = decode_rows(np.arange(L, dtype=np.float64)[None, :], es, eo)[0].astype(np.float64)
