@@ -131,15 +131,30 @@ def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar
           keep_every: Annotated[int, typer.Option(help="Also keep checkpoints/epoch-NNN.pt every N epochs")] = 0,
           ema: Annotated[float, typer.Option(help="Keep an EMA of the generator's weights with this decay, "
                                                   "in (0, 1), e.g. 0.999; 0 = off")] = 0.0,
+          nproc: Annotated[int, typer.Option(help="Processes (torchrun + DistributedDataParallel; gloo on CPU, "
+                                                  "nccl on CUDA), 1..64; --batch-size is the global batch")] = 1,
           data_root: DataRoot = None,
           download: Annotated[bool, typer.Option("--download", help="Download with torchvision if missing")] = False):
     """Train a GAN; a checkpoint and a sample grid per epoch."""
     _need_torch("train")
+    import os
+
+    from ganq.train import distributed
     from ganq.train.loop import TrainConfig, train as run_train
 
+    if not 1 <= nproc <= 64:
+        raise GanqError(f"--nproc must be in 1..64, got {nproc}")
+    torchrun = distributed.under_torchrun()
+    if torchrun and nproc not in (1, int(os.environ["WORLD_SIZE"])):
+        raise GanqError(f"--nproc {nproc} under torchrun with {os.environ['WORLD_SIZE']} processes; drop --nproc")
     cfg = TrainConfig(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, latent_dim=latent_dim,
                       seed=seed, limit=limit, label_smoothing=label_smoothing, dropout=dropout,
                       image_size=image_size, channels=channels, ema=ema)
+    if nproc > 1 and not torchrun:
+        distributed.per_process_batch(batch_size, nproc)
+        if "train" not in sys.argv:
+            raise GanqError("--nproc relaunches the command line under torchrun; run it from a shell")
+        raise typer.Exit(distributed.launch(nproc, sys.argv[sys.argv.index("train") + 1:]))
     bar = _TrainBar()
     try:
         row = run_train(cfg, out, resume=resume, force=force, device=device, data_root=data_root,
@@ -147,7 +162,9 @@ def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar
     finally:
         if bar.task is not None:
             bar.stop()
-    out_console.print(f"{out}/checkpoint.pt  epoch {row.get('epoch')}  samples in {out}/samples/", highlight=False)
+    if os.environ.get("RANK", "0") == "0":
+        out_console.print(f"{out}/checkpoint.pt  epoch {row.get('epoch')}  samples in {out}/samples/",
+                          highlight=False)
 
 
 def _emit(report: dict, as_json: bool, render) -> None:
@@ -161,15 +178,17 @@ def _emit(report: dict, as_json: bool, render) -> None:
 @handles_errors
 def export(source: Annotated[Path, typer.Argument(help="Run folder or checkpoint.pt")],
            out: Annotated[Path, typer.Option(help="Output .onnx")],
-           n: Annotated[int, typer.Option(help="Latents for the parity check")] = 256,
+           n: Annotated[int, typer.Option(help="Latents for the parity check, 1..100000")] = 256,
+           ema: Annotated[bool, typer.Option("--ema", help="Export the generator's weight EMA (train --ema)")] = False,
            as_json: Annotated[bool, typer.Option("--json")] = False):
     """Export a trained generator to ONNX (opset 21, dynamic batch), checked against PyTorch."""
     _need_torch("export")
     from ganq.export import PARITY_TOL, export as run_export
 
-    r = run_export(source, out, n=n)
+    r = run_export(source, out, n=n, ema=ema)
     _emit(r, as_json, lambda r: out_console.print(
-        f"{r['out']}  {r['spec']['arch']} on {r['spec']['dataset']}, epoch {r['epoch']}, opset {r['opset']}, "
+        f"{r['out']}  {r['spec']['arch']} on {r['spec']['dataset']}, epoch {r['epoch']}"
+        f"{' (EMA weights)' if r['weights'] == 'ema' else ''}, opset {r['opset']}, "
         f"{r['bytes']:,} bytes; parity with PyTorch on {r['n']} latents: max |diff| {r['max_abs_diff']:.2e} "
         f"(limit {PARITY_TOL:g})", highlight=False))
 
@@ -204,7 +223,7 @@ def _methods_help() -> str:
     return "\n\n".join(f"[bold]{n}[/bold]: {escape(cls.summary)}" for n, cls in METHODS.items())
 
 
-def _method_options(method: str, method_opt: list[str]) -> tuple:
+def _method_options(method_opt: list[str] | None) -> tuple:
     from ganq.quantize.methods import parse_method_opts
 
     return parse_method_opts(method_opt or [])
@@ -235,7 +254,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     from ganq.quantize.plan import parse_tensor_bits
     from ganq.runtime import resolve_model
 
-    opts = QuantizeOptions(bits=bits, method=method, method_opts=_method_options(method, method_opt),
+    opts = QuantizeOptions(bits=bits, method=method, method_opts=_method_options(method_opt),
                            granularity=granularity, format=format, fold_bn=fold_bn, include_bias=include_bias,
                            tensor_bits=parse_tensor_bits(tensor_bits or []),
                            plan_file=str(plan) if plan else None, keep_overridable=keep_overridable,
@@ -496,6 +515,8 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
           bits: Annotated[str, typer.Option(help="Bit widths; 32 is the float model")] = "32,8,7,6,5,4,3",
           format: Annotated[str, typer.Option("--format", help="fake, int or packed")] = "packed",
           granularity: Annotated[str, typer.Option(help="tensor or channel")] = "tensor",
+          method: Annotated[str, typer.Option(help="Quantization method (see ganq quantize --help)")] = "minmax",
+          method_opt: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE option of the method")] = None,
           fold_bn: Annotated[bool, typer.Option("--fold-bn")] = False,
           n: Annotated[int, typer.Option(help="Generated and real samples per row")] = 10000,
           seed: int = 0,
@@ -510,7 +531,8 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
     from ganq.evaluate import EvalOptions
     from ganq.report import SweepSettings, parse_bits, sweep as run_sweep
 
-    settings = SweepSettings(bits=parse_bits(bits), format=format, granularity=granularity, fold_bn=fold_bn, n=n,
+    settings = SweepSettings(bits=parse_bits(bits), format=format, granularity=granularity, method=method,
+                             method_opts=_method_options(method_opt), fold_bn=fold_bn, n=n,
                              seed=seed, speed=speed, eval=EvalOptions(n=n, seed=seed))
     with Progress(TextColumn("sweep {task.fields[now]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console) as bar:
@@ -526,12 +548,13 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
         bar.update(task, completed=len(models) * len(settings.bits), now="done")
 
     def render(r):
-        rows = [[x["model"], "fp32" if x["bits"] == 32 else x["bits"],
+        show_method = any(x.get("method", "minmax") != "minmax" for x in r["rows"])
+        rows = [[x["model"]] + ([x["method"]] if show_method else []) + ["fp32" if x["bits"] == 32 else x["bits"],
                  "-" if x["inception_score"] is None else f"{x['inception_score']:.3f}", f"{x['fid']:.2f}",
                  f"{x['precision']:.3f}", f"{x['recall']:.3f}", f"{x['realism_precision']:.3f}", _size(x["bytes_file"]),
                  f"{x['images_per_s']:,.0f}" if x.get("images_per_s") else "-"] for x in r["rows"]]
-        out_console.print(_table("sweep", ["model", "bits", "IS", "FID", "precision", "recall", "realism",
-                                           "file", "img/s"], rows))
+        out_console.print(_table("sweep", ["model"] + (["method"] if show_method else []) + [
+            "bits", "IS", "FID", "precision", "recall", "realism", "file", "img/s"], rows))
         out_console.print(f"report: {r['index']}", highlight=False)
     _emit(r, as_json, render)
 

@@ -54,13 +54,22 @@ def parity(g, model, spec: GeneratorSpec, n: int = 256, seed: int = 0) -> float:
     return float(np.max(np.abs(got - ref)))
 
 
-def export(source: str | Path, out: str | Path, n: int = 256) -> dict:
-    """Export the generator of a run folder or checkpoint to `out`; returns {'max_abs_diff', 'spec', ...}."""
+def export(source: str | Path, out: str | Path, n: int = 256, ema: bool = False) -> dict:
+    """Export the generator of a run folder or checkpoint to `out`; returns {'max_abs_diff', 'spec', ...}.
+    ema: export the weight EMA kept by `train --ema` (the spec's extra records which weights and the epoch)."""
+    import dataclasses
+
     import onnx
 
     from ganq.train.checkpoint import load_generator
 
-    g, spec, state = load_generator(source)
+    if not 1 <= n <= 100_000:
+        raise GanqError(f"--n must be in 1..100000, got {n}")
+    g, spec, state = load_generator(source, ema=ema)
+    extra = {"weights": "ema" if ema else "raw", "epoch": int(state["epoch"])}
+    if ema:
+        extra["ema_decay"] = float(state.get("ema_decay", 0.0))
+    spec = dataclasses.replace(spec, extra=extra)
     model = to_onnx(g, spec)
     diff = parity(g, model, spec, n=n)
     if not diff <= PARITY_TOL:
@@ -68,4 +77,5 @@ def export(source: str | Path, out: str | Path, n: int = 256) -> dict:
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
     return {"out": str(out), "max_abs_diff": diff, "n": n, "epoch": int(state["epoch"]), "opset": OPSET,
+            "weights": extra["weights"],
             "spec": spec.to_dict(), "bytes": Path(out).stat().st_size}

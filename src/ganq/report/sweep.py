@@ -31,6 +31,7 @@ class SweepSettings:
     format: str = "packed"
     granularity: str = "tensor"
     method: str = "minmax"
+    method_opts: tuple = ()
     fold_bn: bool = False
     n: int = 10000
     seed: int = 0
@@ -49,6 +50,12 @@ class SweepSettings:
             raise GanqError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
         if self.granularity not in GRANULARITIES:
             raise GanqError(f"granularity must be one of {', '.join(GRANULARITIES)}")
+        from ganq.quantize.methods import make_method
+
+        m = make_method(self.method, dict(self.method_opts))
+        for b in self.bits:
+            if b != FLOAT_BITS:
+                m.check_bits(b)
 
     def key(self) -> str:
         d = asdict(self)
@@ -144,17 +151,20 @@ def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, fe
                     real = feature_cache.real(net, ref.dataset, eval_opts.real_split, settings.n, settings.seed,
                                               data_root)
                     real_radii = sq_radii(real[1], (eval_opts.k, eval_opts.dc_k))  # the same for every width
-                qpath = out / "models" / f"{ref.name}-{bits}bit-{settings.format}.onnx"
+                tag = "" if settings.method == "minmax" and not settings.method_opts else f"-{settings.method}"
+                qpath = out / "models" / f"{ref.name}-{bits}bit{tag}-{settings.format}.onnx"
                 # 32 bits: a float copy (BatchNorm folded if asked), with the same size report as the others
                 qrep = quantize_file(ref.model, qpath, QuantizeOptions(
-                    bits=bits, method=settings.method, granularity=settings.granularity,
+                    bits=bits, method=settings.method, method_opts=settings.method_opts,
+                    granularity=settings.granularity,
                     format=settings.format, fold_bn=settings.fold_bn))
                 t0 = time.perf_counter()
                 gen = Generator(qpath)
                 images = gen.generate(settings.n, settings.seed, eval_opts.batch)
                 logits, feats = net(images, eval_opts.batch)
                 metrics = score(logits, feats, real[0], real[1], eval_opts, real_radii)
-                row = {"model": ref.name, "dataset": ref.dataset, "bits": bits, "format": settings.format,
+                row = {"model": ref.name, "dataset": ref.dataset, "bits": bits, "method": settings.method,
+                       "method_opts": dict(settings.method_opts), "format": settings.format,
                        "granularity": settings.granularity, "fold_bn": settings.fold_bn, "file": str(qpath),
                        "bytes_file": qrep["bytes_file"], "bytes_ideal": qrep["bytes_ideal"],
                        "bytes_fp32": qrep["bytes_fp32"], "bytes_gzip": qrep["bytes_gzip"],
@@ -175,7 +185,7 @@ def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, fe
     return {"rows": rows, "samples": samples, "reals": reals}
 
 
-CSV_COLUMNS = ["model", "dataset", "bits", "format", "granularity", "fold_bn", "inception_score", "inception_score_std", "fid", "kid",
+CSV_COLUMNS = ["model", "dataset", "bits", "method", "format", "granularity", "fold_bn", "inception_score", "inception_score_std", "fid", "kid",
                "kid_std", "precision", "recall", "realism_precision", "realism_recall", "density", "coverage",
                "inception_score_real", "bytes_file", "bytes_ideal", "bytes_gzip", "bytes_fp32", "images_per_s", "file"]
 

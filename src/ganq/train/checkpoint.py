@@ -48,15 +48,21 @@ def resolve(path: str | Path) -> Path:
     return path
 
 
-def load_generator(path: str | Path):
-    """(generator in eval mode, spec, checkpoint) from a run folder or checkpoint file."""
+def load_generator(path: str | Path, ema: bool = False):
+    """(generator in eval mode, spec, checkpoint) from a run folder or checkpoint file; ema: the generator's
+    weight EMA (train --ema) instead of its raw weights."""
     from ganq.train.archs import build
 
     state = load(resolve(path))
     spec = GeneratorSpec.from_dict(state["spec"])
     g, _ = build(spec, dropout=0.0)
+    weights = state["generator"]
+    if ema:
+        if not isinstance(state.get("generator_ema"), dict):
+            raise GanqError(f"{path}: the checkpoint has no generator EMA (train with --ema DECAY to keep one)")
+        weights = state["generator_ema"]
     try:
-        g.load_state_dict(state["generator"])
+        g.load_state_dict(weights)
     except RuntimeError as e:
         raise GanqError(f"{path}: generator weights do not fit architecture {spec.arch} ({str(e)[:160]})") from None
     g.eval()

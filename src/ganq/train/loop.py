@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ class TrainConfig:
     image_size: int | None = None
     channels: int | None = None
     grid: int = 64
+    nproc: int = 1  # processes of a torchrun run (1: the plain loop, or torchrun with one process)
     ema: float = 0.0  # 0: off (the study's setting); else the decay of the generator's weight EMA
 
     def __post_init__(self):
@@ -175,16 +177,50 @@ def _read_losses(path: Path, up_to_epoch: int) -> list[dict]:
 def train(config: TrainConfig, out: str | Path, resume: bool = False, force: bool = False, device: str = "auto",
           data_root=None, download: bool = False, progress: Progress | None = None,
           keep_every: int = 0) -> dict:
-    """Train config's GAN into folder `out`; returns the last epoch's loss row."""
+    """Train config's GAN into folder `out`; returns the last epoch's loss row. Under torchrun (WORLD_SIZE set) the
+    distributed path (ganq.train.distributed) runs instead, with config.nproc = WORLD_SIZE."""
+    from ganq.train import distributed
+
     out, progress = Path(out), progress or Progress()
-    prepare_out(out, resume, force)
+    if keep_every < 0:
+        raise GanqError(f"--keep-every must be 0 (off) or a positive number of epochs, got {keep_every}")
     dev = pick_device(device)
+    ddp = None
+    if distributed.under_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        distributed.per_process_batch(config.batch_size, world)
+        if config.nproc != world:
+            config = replace(config, nproc=world)
+        ddp, dev = distributed.setup(dev)
+        if not ddp.main:
+            progress = Progress()
+    elif config.nproc != 1:
+        raise GanqError("nproc > 1 needs torchrun: use `ganq train --nproc N` or `torchrun --nproc_per_node N -m "
+                        "ganq.cli train ...`")
+    try:
+        return _train(config, out, resume, force, dev, data_root, download, progress, keep_every, ddp)
+    finally:
+        if ddp is not None:
+            distributed.teardown()
+
+
+def _train(config, out, resume, force, dev, data_root, download, progress, keep_every, ddp):
+    from ganq.train import distributed
+
+    main = ddp is None or ddp.main
+    prepare_out(out, resume, force)
+    if ddp is not None:
+        import torch.distributed as dist
+        dist.barrier()  # every process has checked the folder before rank 0 writes into it
 
     state = None
     if resume:
         state = checkpoint.load(out / "checkpoint.pt") if (out / "checkpoint.pt").exists() else None
         saved = TrainConfig(**json.loads((out / RUN_FILE).read_text())["config"])
         diff = saved.same_run(config)
+        if diff == ["nproc"]:
+            raise GanqError(f"{out}: the run was trained with {saved.nproc} process(es); resume it with the same "
+                            f"number (--nproc {saved.nproc}), not {config.nproc}")
         if diff:
             raise GanqError(f"{out}: --resume with other settings than the run's ({', '.join(diff)})")
 
@@ -202,6 +238,15 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     g, d = g.to(dev), d.to(dev)
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+    g_run, d_run = g, d  # what the steps call: the modules, or their DDP wrappers
+    if ddp is not None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        distributed.sync_batchnorm(g)
+        distributed.sync_batchnorm(d)
+        ids = [dev.index] if dev.type == "cuda" else None
+        g_run = DDP(g, device_ids=ids, broadcast_buffers=False)
+        d_run = DDP(d, device_ids=ids, broadcast_buffers=False)
     ema = GeneratorEMA(g, config.ema) if config.ema else None
     start_epoch = 0
     if state is not None:
@@ -220,19 +265,21 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
         if dev.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
-    if not resume:
-        for stale in ("checkpoint.pt", "losses.csv"):
-            (out / stale).unlink(missing_ok=True)
-    write_text_atomic(out / RUN_FILE, json.dumps(
-        {"ganq": "run", "version": __version__, "spec": spec.to_dict(), "config": asdict(config),
-         "dataset_source": ds.source, "images": int(len(ds.images))}, indent=2) + "\n")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "samples").mkdir(exist_ok=True)
+        if not resume:
+            for stale in ("checkpoint.pt", "losses.csv"):
+                (out / stale).unlink(missing_ok=True)
+        write_text_atomic(out / RUN_FILE, json.dumps(
+            {"ganq": "run", "version": __version__, "spec": spec.to_dict(), "config": asdict(config),
+             "dataset_source": ds.source, "images": int(len(ds.images))}, indent=2) + "\n")
     rows = _read_losses(out / "losses.csv", start_epoch) if resume else []
 
     x_all = _to_tensor(ds.images)
     del ds
     steps = len(x_all) // config.batch_size  # the last partial batch is dropped: BatchNorm dislikes tiny batches
+    per = config.batch_size if ddp is None else config.batch_size // ddp.world
     fixed_z = latents(config.grid, spec.latent_dim, spec.latent, torch.Generator().manual_seed(config.seed + 1))
     real_target = 1.0 - config.label_smoothing
     progress.start(steps * config.epochs, steps * start_epoch, config.batch_size)
@@ -242,21 +289,36 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
         g.train()
         d.train()
         # the shuffle depends on (seed, epoch) alone, so a resumed run sees the same batches
-        perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        if ddp is None:
+            perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        else:
+            from torch.utils.data import DistributedSampler
+
+            # the same permutation, sharded: rank r reads perm[r::N] (DistributedSampler seeds seed + epoch)
+            sampler = DistributedSampler(range(len(x_all)), num_replicas=ddp.world, rank=ddp.rank, shuffle=True,
+                                         seed=config.seed * 100003, drop_last=True)
+            sampler.set_epoch(epoch)
+            perm = torch.tensor(list(sampler))
+            torch.manual_seed(config.seed * 100003 + epoch * 1009 + ddp.rank)  # this process's dropout stream
+            zgen = torch.Generator().manual_seed(config.seed * 7919 + epoch)
         t0, sums = time.perf_counter(), np.zeros(4)
         for i in range(steps):
-            real = x_all[perm[i * config.batch_size:(i + 1) * config.batch_size]].to(dev)
-            z = latents(len(real), spec.latent_dim, spec.latent).to(dev)
-            fake = g(z)
+            real = x_all[perm[i * per:(i + 1) * per]].to(dev)
+            if ddp is None:
+                z = latents(len(real), spec.latent_dim, spec.latent).to(dev)
+            else:  # the step's B latents, the same on every process; this process takes its slice
+                z = latents(config.batch_size, spec.latent_dim, spec.latent, zgen)[
+                    ddp.rank * per:(ddp.rank + 1) * per].to(dev)
+            fake = g_run(z)
 
-            d_real, d_fake = d(real).view(-1), d(fake.detach()).view(-1)
+            d_real, d_fake = d_run(real).view(-1), d_run(fake.detach()).view(-1)
             loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, real_target))
                       + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
 
-            d_gen = d(fake).view(-1)
+            d_gen = d_run(fake).view(-1)
             loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))  # non-saturating
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -264,17 +326,25 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
             if ema is not None:
                 ema.update(g)
 
-            vals = (loss_d.item(), loss_g.item(), torch.sigmoid(d_real).mean().item(),
-                    torch.sigmoid(d_fake).mean().item())
+            vals = torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(d_real).mean().detach(),
+                                torch.sigmoid(d_fake).mean().detach()])
+            if ddp is not None:
+                import torch.distributed as dist
+                dist.all_reduce(vals)
+                vals = vals / ddp.world
+            vals = tuple(float(v) for v in vals.cpu())
             sums += vals
             progress.step(vals[0], vals[1])
         seconds = time.perf_counter() - t0
-        n_img = steps * config.batch_size
+        n_img = steps * config.batch_size  # images of the whole step, over every process
         row = {"epoch": epoch, **{k: round(float(v / steps), 5) for k, v in
                                   zip(("d_loss", "g_loss", "d_real", "d_fake"), sums)},
                "images": n_img, "seconds": round(seconds, 2), "images_per_s": round(n_img / seconds, 1)}
         rows.append(row)
 
+        if not main:
+            progress.epoch(row)
+            continue
         save_grid(g, fixed_z.to(dev), out / "samples" / f"epoch-{epoch:03d}.png")
         rng = {"torch": torch.get_rng_state()}
         if dev.type == "cuda":
