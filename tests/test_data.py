@@ -159,3 +159,23 @@ def test_limit_is_class_balanced_and_ordered():
     keep = data.balanced_head(labels, 6)
     assert np.bincount(labels[keep]).tolist() == [2, 2, 2] and list(keep) == sorted(keep)
     assert len(data.balanced_head(np.array([0, 0, 0, 1]), 4)) == 4
+
+
+def test_embedded_fashion_mnist_test_split_on_a_bare_machine(tmp_path, monkeypatch):
+    """What `make demo` needs when no other copy exists: every other location hidden."""
+    from ganq import data
+
+    monkeypatch.setattr(data, "SYSTEM_ROOT", tmp_path / "no-system")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("GANQ_DATA", raising=False)
+    ds = data.load("fashion-mnist", "test")
+    assert ds.images.shape == (10000, 28, 28, 1) and ds.images.dtype == np.uint8
+    assert np.bincount(ds.labels).tolist() == [1000] * 10 and "embedded" in ds.source
+    assert ds.classes[0] == "T-shirt/top"
+    with pytest.raises(GanqError, match="fashion-mnist not found"):  # the train split is not shipped
+        data.load("fashion-mnist", "train")
+    with pytest.raises(GanqError, match="mnist not found"):
+        data.load("mnist", "test")
+    # a real copy elsewhere wins over the embedded one
+    root = make_idx_root(tmp_path / "data", sub="FashionMNIST/raw", n_test=50)
+    assert len(data.load("fashion-mnist", "test", data_root=root).images) == 50

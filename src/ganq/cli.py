@@ -74,6 +74,9 @@ def datasets(data_root: DataRoot = None,
     for name in data.names():
         entry = data.get_entry(name)
         found, looked = data.locate(name, data_root)
+        if found is None:
+            test_only, _ = data.locate(name, data_root, "test")
+            found = f"{test_only} (test split only)" if test_only else None
         rows.append({"name": name, "shape": "x".join(map(str, entry.shape)), "found": str(found) if found else None,
                      "description": entry.description, "how_to_get": None if found else entry.how_to_get})
     if as_json:
