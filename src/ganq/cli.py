@@ -268,6 +268,39 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     _emit(report, as_json, _render_quant)
 
 
+@app.command("app")
+@handles_errors
+def app_cmd(model: Annotated[str, typer.Argument(help="A ganq generator .onnx (fp32 or quantized), or zoo:NAME")],
+            out: Annotated[Path, typer.Option(help="App folder to write (index.html, app.js, model.onnx, app.json)")],
+            ort_web: Annotated[Optional[Path], typer.Option(
+                help="onnxruntime-web package folder (npm) to copy the runtime from; default: load it from the CDN")
+            ] = None,
+            title: Annotated[Optional[str], typer.Option(help="Page title")] = None,
+            serve: Annotated[Optional[int], typer.Option(
+                help="Then serve the folder on 127.0.0.1:PORT (0: any free port) with cross-origin isolation, "
+                     "until Ctrl-C")] = None,
+            as_json: Annotated[bool, typer.Option("--json")] = False):
+    """A static web page that generates with the model in the browser (onnxruntime-web, WebAssembly)."""
+    from ganq.app import build_app, serve as serve_folder
+    from ganq.runtime import resolve_model
+
+    if serve is not None and not 0 <= serve <= 65535:
+        raise GanqError(f"--serve must be a port in 0..65535, got {serve}")
+    r = build_app(resolve_model(model), out, ort_web, title)
+    _emit(r, as_json, lambda r: out_console.print(
+        f"wrote {r['out']}/: {', '.join(r['files'])}; onnxruntime-web {r['ort']['version']} "
+        f"{'copied' if r['ort']['local'] else 'from ' + r['ort']['module'].rsplit('/', 1)[0]}", highlight=False))
+    if serve is not None:
+        httpd, url = serve_folder(out, serve)
+        err_console.print(f"serving {out} at {url} (cross-origin isolated); Ctrl-C stops", highlight=False)
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            httpd.server_close()
+
+
 @app.command("spec")
 @handles_errors
 def spec_cmd(model: Annotated[str, typer.Argument(help="A generator .onnx (or zoo:NAME)")],

@@ -1,0 +1,131 @@
+"""`ganq app`: a static web page that generates with a ganq .onnx file in the browser (onnxruntime-web, WebAssembly).
+
+    build_app("g3.onnx", "app/", ort_web="web/node_modules/onnxruntime-web")
+
+The folder holds index.html, app.js, model.onnx and app.json (what the page reads: the spec, the file's size and
+quantization, where onnxruntime-web comes from). Serve it with any static server; threads need cross-origin
+isolation (COOP: same-origin, COEP: require-corp), without them onnxruntime-web runs on one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from ganq.errors import GanqError
+
+ORT_WEB_VERSION = "1.30.0"  # the version the page loads from the CDN, and web/package.json pins for the tests
+ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/dist/"
+MARKER = "app.json"
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def is_app(folder: Path) -> bool:
+    try:
+        return json.loads((folder / MARKER).read_text()).get("ganq") == "app"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _ort_source(ort_web: str | Path | None) -> Path | None:
+    """The folder holding the three onnxruntime-web files: the npm package, its dist/, or a folder of them."""
+    if ort_web is None:
+        return None
+    base = Path(ort_web)
+    for folder in (base, base / "dist", base / "node_modules" / "onnxruntime-web" / "dist"):
+        if all((folder / f).is_file() for f in ORT_FILES):
+            return folder
+    raise GanqError(f"--ort-web {base}: no {', '.join(ORT_FILES)} there (give the onnxruntime-web npm package folder "
+                    "or its dist/)")
+
+
+def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = None, title: str | None = None) -> dict:
+    """Write the app folder `out` for generator `model`; returns what app.json holds."""
+    import onnx
+
+    from ganq.quantize import load_model
+    from ganq.spec import META_QUANT, read_metadata, read_spec
+
+    model, out = Path(model), Path(out)
+    proto = load_model(model)
+    spec = read_spec(proto, str(model))
+    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer):
+        raise GanqError(f"{model}: has external data; the page loads one file (save it without external data)")
+    if out.exists() and not out.is_dir():
+        raise GanqError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_app(out):
+        raise GanqError(f"{out}: folder exists and is not a ganq app folder; choose another --out")
+    src = _ort_source(ort_web)
+    quant = json.loads(read_metadata(proto).get(META_QUANT, "null"))
+    info = {"ganq": "app", "model": "model.onnx", "source": model.name, "bytes": model.stat().st_size,
+            "spec": spec.to_dict(),
+            "quant": None if quant is None else {k: quant.get(k) for k in ("bits", "method", "granularity", "format",
+                                                                           "avg_bits", "mixed")},
+            "title": title or f"{spec.arch or 'generator'} on {spec.dataset or 'its data'}",
+            "ort": {"version": ORT_WEB_VERSION, "local": src is not None,
+                    "module": "./ort/ort.wasm.min.mjs" if src else CDN + "ort.wasm.min.mjs",
+                    "wasmPaths": "./ort/" if src else CDN}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        shutil.copyfile(model, tmp / "model.onnx")
+        for f in ("index.html", "app.js"):
+            shutil.copyfile(STATIC / f, tmp / f)
+        if src is not None:
+            (tmp / "ort").mkdir()
+            for f in ORT_FILES:
+                shutil.copyfile(src / f, tmp / "ort" / f)
+        (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
+        tmp.chmod(0o755)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise GanqError(f"{out}: cannot write the app folder ({e.strerror or e})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**info, "out": str(out), "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())}
+
+
+__all__ = ["build_app", "is_app", "ORT_FILES", "ORT_WEB_VERSION"]
+
+
+def serve(folder: str | Path, port: int = 0, isolate: bool = True):
+    """A static server for `folder` on 127.0.0.1 (port 0: any free one), with the cross-origin isolation headers
+    that WebAssembly threads need; returns the server (serve_forever / shutdown) and its URL."""
+    import functools
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
+                          ".js": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
+
+        def end_headers(self):
+            if isolate:
+                self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+                self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+            self.send_header("Cache-Control", "no-store")
+            super().end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    if not 0 <= port <= 65535:
+        raise GanqError(f"--serve port must be in 0..65535, got {port}")
+    try:
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port),
+                                                functools.partial(Handler, directory=str(folder)))
+    except OSError as e:
+        raise GanqError(f"cannot listen on 127.0.0.1:{port} ({e.strerror or e})") from None
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/"

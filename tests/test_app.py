@@ -1,0 +1,113 @@
+"""`ganq app`: the page runs the fp32, 4-bit int and 3-bit packed Fashion-MNIST generator in a real browser (Debian's
+chromium, headless, driven by puppeteer-core), and its pixels equal Python onnxruntime's."""
+
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from ganq.app import ORT_FILES, build_app, is_app, serve
+from ganq.cli import app as cli
+from ganq.errors import GanqError
+from ganq.quantize import QuantizeOptions, quantize_file
+from ganq.runtime import resolve_model, session_options
+
+REPO = Path(__file__).resolve().parents[1]
+ORT_WEB = REPO / "web" / "node_modules" / "onnxruntime-web"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _browser_missing() -> str | None:
+    if CHROMIUM is None:
+        return "chromium is not installed (apt-get install chromium)"
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (REPO / "web" / "node_modules" / "puppeteer-core").is_dir() or not ORT_WEB.is_dir():
+        return "web/node_modules is missing (cd web && npm ci)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("appmodels")
+    src = resolve_model("zoo:fashion-mnist-cnn3")
+    quantize_file(src, d / "int4.onnx", QuantizeOptions(bits=4, format="int", granularity="channel"))
+    quantize_file(src, d / "packed3.onnx", QuantizeOptions(bits=3, format="packed"))
+    return {"fp32": src, "int4": d / "int4.onnx", "packed3": d / "packed3.onnx"}
+
+
+def test_app_folder_contents(models, tmp_path):
+    r = build_app(models["packed3"], tmp_path / "app")
+    assert sorted(r["files"]) == ["app.js", "app.json", "index.html", "model.onnx"]
+    info = json.loads((tmp_path / "app" / "app.json").read_text())
+    assert info["ort"]["module"] == "https://cdn.jsdelivr.net/npm/onnxruntime-web@1.30.0/dist/ort.wasm.min.mjs"
+    assert info["quant"]["bits"] == 3 and info["quant"]["format"] == "packed" and info["spec"]["latent_dim"] == 100
+    assert (tmp_path / "app" / "model.onnx").read_bytes() == models["packed3"].read_bytes()
+    if ORT_WEB.is_dir():
+        r = build_app(models["packed3"], tmp_path / "app", ort_web=ORT_WEB)  # an app folder may be rewritten
+        assert {f"ort/{f}" for f in ORT_FILES} <= set(r["files"]) and r["ort"]["module"] == "./ort/ort.wasm.min.mjs"
+    assert is_app(tmp_path / "app") and not list(tmp_path.glob(".app.*"))
+
+
+def test_app_bad_input(models, tmp_path):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["X"], ["Y"])], "g",
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])])
+    import onnx
+    onnx.save(helper.make_model(g), str(tmp_path / "relu.onnx"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    (tmp_path / "empty-ort").mkdir()
+    for args, msg in (([str(tmp_path / "relu.onnx"), "--out", str(tmp_path / "a")], "not a ganq generator"),
+                      ([str(models["fp32"]), "--out", str(tmp_path / "mine")], "not a ganq app folder"),
+                      ([str(models["fp32"]), "--out", str(tmp_path / "b"), "--ort-web", str(tmp_path / "empty-ort")],
+                       "ort.wasm.min.mjs"),
+                      ([str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "c")], "no such file")):
+        r = CliRunner().invoke(cli, ["app", *args])
+        assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-ort", "mine", "relu.onnx"]
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def _in_browser(folder: Path, z: np.ndarray, tmp_path: Path, shot: Path | None = None) -> dict:
+    httpd, url = serve(folder)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        (tmp_path / "z.json").write_text(json.dumps({"n": len(z), "z": z.ravel().tolist()}))
+        cmd = ["node", str(REPO / "web" / "app-check.mjs"), url, str(tmp_path / "z.json"), str(tmp_path / "o.json")]
+        r = subprocess.run(cmd + ([str(shot)] if shot else []), capture_output=True, text=True, timeout=180,
+                           env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads((tmp_path / "o.json").read_text())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int4", "packed3"])
+def test_page_matches_python_onnxruntime(models, kind, tmp_path):
+    why = _browser_missing()
+    if why:
+        pytest.skip(why)
+    folder = tmp_path / "app"
+    build_app(models[kind], folder, ort_web=ORT_WEB)
+    z = np.random.default_rng(7).standard_normal((5, 100)).astype(np.float32)
+    got = _in_browser(folder, z, tmp_path, tmp_path / "shot.png" if kind == "packed3" else None)
+    want = ort.InferenceSession(str(models[kind]), session_options(), providers=["CPUExecutionProvider"]).run(
+        None, {"z": z})[0]
+    image = np.asarray(got["image"], np.float32).reshape(want.shape)
+    assert np.abs(image - want).max() <= 1e-5, np.abs(image - want).max()
+    t = got["timings"]
+    assert t["cross_origin_isolated"] and t["threads"] >= 1 and t["per_image_ms_batch16"] > 0
+    assert not [m for m in got["logs"] if "error" in m.lower()], got["logs"]
+    if kind == "packed3":
+        assert (tmp_path / "shot.png").stat().st_size > 10_000
