@@ -301,6 +301,26 @@ def app_cmd(model: Annotated[str, typer.Argument(help="A ganq generator .onnx (f
             httpd.server_close()
 
 
+@app.command("export-ort")
+@handles_errors
+def export_ort_cmd(model: Annotated[str, typer.Argument(help="A ganq generator .onnx (fp32 or quantized), or zoo:NAME")],
+                   out: Annotated[Path, typer.Option(help="Output .ort (the operator config is written beside it)")],
+                   optimization: Annotated[Optional[str], typer.Option(
+                       help="disable, basic, extended or all (default: disable for packed, basic otherwise)")] = None,
+                   as_json: Annotated[bool, typer.Option("--json")] = False):
+    """onnxruntime's mobile format (.ort) with onnxruntime's converter, keeping the k-bit size; checked on load."""
+    from ganq.app.mobile import export_ort
+    from ganq.runtime import resolve_model
+
+    r = export_ort(resolve_model(model), out, optimization)
+    for note in r["notes"]:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
+    _emit(r, as_json, lambda r: out_console.print(
+        f"wrote {r['out']} ({r['bytes_ort']:,} bytes; the .onnx has {r['bytes_onnx']:,}), optimisation "
+        f"{r['optimization']}, outputs equal within {r['max_abs_diff']:.1e}; reduced build: {r['config']} "
+        f"({', '.join(r['operators'])})", highlight=False))
+
+
 @app.command("spec")
 @handles_errors
 def spec_cmd(model: Annotated[str, typer.Argument(help="A generator .onnx (or zoo:NAME)")],

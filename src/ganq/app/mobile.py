@@ -1,0 +1,159 @@
+"""`ganq export-ort`: onnxruntime's mobile format (.ort), with onnxruntime's own converter
+(onnxruntime.tools.convert_onnx_models_to_ort), choosing what keeps the k-bit size:
+
+- packed files are converted with graph optimisation disabled: at any other level onnxruntime constant-folds the
+  bit-plane decoder into float32 weights, and a 3-bit .ort file is as large as fp32;
+- int files with UINT4/INT4 codes are rewritten to UINT8/INT8 first (the same code values): the converter accepts
+  4-bit initializers but writes a file that onnxruntime then refuses ("Unsupported tensor data type ... Invalid ORT
+  format model"), and --enable_type_reduction crashes on them;
+- int and float files use the basic level (ONNX-only rewrites, no hardware-specific fusions baked into the file).
+
+The .ort file is loaded back and its outputs compared with the .onnx file's at the same optimisation level; the
+operators a reduced build needs (`--include_ops_by_config`) are written next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ganq.errors import GanqError
+
+LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _widen_4bit(model) -> int:
+    """UINT4/INT4 initializers -> UINT8/INT8 with the same values; returns how many."""
+    from onnx import TensorProto, numpy_helper
+
+    n = 0
+    for i, t in enumerate(model.graph.initializer):
+        if t.data_type in (TensorProto.UINT4, TensorProto.INT4):
+            a = numpy_helper.to_array(t).astype(np.uint8 if t.data_type == TensorProto.UINT4 else np.int8)
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(a, t.name))
+            n += 1
+    return n
+
+
+def _session(path_or_bytes, level: str | None):
+    import onnxruntime as ort
+
+    from ganq.runtime import session_options
+
+    so = session_options()
+    if level is not None:
+        so.graph_optimization_level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                       "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                       "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def read_operators(config: Path) -> list[str]:
+    """`domain;opset;Op1,Op2` lines of a required_operators.config -> ['Op1', ...] (domain-prefixed if not ai.onnx)."""
+    ops = []
+    for line in config.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        domain, _, rest = line.partition(";")
+        _, _, names = rest.partition(";")
+        ops += [n if domain in ("ai.onnx", "") else f"{domain}:{n}" for n in names.split(",") if n]
+    return sorted(ops)
+
+
+def export_ort(model: str | Path, out: str | Path, optimization: str | None = None, n: int = 8) -> dict:
+    """Convert ganq generator `model` to `out` (.ort) and `out` with suffix .required_operators.config."""
+    import onnx
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    from ganq._io import atomic_path
+    from ganq.quantize import load_model
+    from ganq.spec import META_QUANT, read_metadata, read_spec
+
+    model, out = Path(model), Path(out)
+    if optimization is not None and optimization not in LEVELS:
+        raise GanqError(f"--optimization must be one of {', '.join(LEVELS)}, got {optimization!r}")
+    if out.suffix != ".ort":
+        raise GanqError(f"{out}: the output of export-ort ends in .ort")
+    if out.resolve() == model.resolve():
+        raise GanqError(f"{out}: is the input model")
+    proto = load_model(model)
+    spec = read_spec(proto, str(model))
+    quant = json.loads(read_metadata(proto).get(META_QUANT, "null"))
+    fmt = quant["format"] if quant else "fp32"
+    level = optimization or ("disable" if fmt == "packed" else "basic")
+    notes = []
+    widened = _widen_4bit(proto)
+    if widened:
+        notes.append(f"{widened} UINT4/INT4 tensors stored as UINT8/INT8 (onnxruntime's ORT format cannot hold 4-bit "
+                     "tensors: its converter writes a file that fails to load); the codes are unchanged")
+    if fmt == "packed" and level != "disable":
+        notes.append(f"optimisation level {level} folds the packed decoder into float32 weights: the .ort file "
+                     "holds fp32-sized weights")
+    config = out.with_name(out.stem + ".required_operators.config")
+    work = Path(tempfile.mkdtemp(prefix=".ganq-ort."))
+    try:
+        src = work / "model.onnx"
+        onnx.save(proto, str(src))
+        old = os.environ.get("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL")
+        os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = level
+        quiet = io.StringIO()
+        logger = logging.getLogger("ort_format_model.utils")
+        before = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                convert_onnx_models_to_ort(src, output_dir=work / "out", optimization_styles=[OptimizationStyle.Fixed])
+        except Exception as e:  # the converter raises RuntimeError / onnxruntime errors with long messages
+            raise GanqError(f"onnxruntime's ORT converter failed on {model} "
+                            f"({str(e).strip().splitlines()[0][:200]})") from None
+        finally:
+            logger.setLevel(before)
+            if old is None:
+                os.environ.pop("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL", None)
+            else:
+                os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = old
+        made = list((work / "out").glob("*.ort"))
+        cfgs = list((work / "out").glob("*.config"))
+        if len(made) != 1 or len(cfgs) != 1:
+            raise GanqError(f"onnxruntime's ORT converter wrote no .ort file for {model} ({quiet.getvalue()[-200:]})")
+        # the .ort file must load and compute what the .onnx file computes at the same level
+        z = (np.random.default_rng(0).standard_normal((n, spec.latent_dim)) if spec.latent == "normal"
+             else np.random.default_rng(0).uniform(-1, 1, (n, spec.latent_dim))).astype(np.float32)
+        try:
+            t0 = time.perf_counter()
+            sess = _session(made[0], None)
+            load_ms = (time.perf_counter() - t0) * 1e3
+            got = sess.run(None, {spec.input_name: z})[0]
+        except Exception as e:
+            raise GanqError(f"the converted .ort file does not load in onnxruntime "
+                            f"({str(e).strip().splitlines()[0][:200]}); nothing written") from None
+        want = _session(src, level).run(None, {spec.input_name: z})[0]
+        diff = float(np.max(np.abs(got - want)))
+        if not diff <= 1e-5:
+            raise GanqError(f"the .ort file's outputs differ from the .onnx file's by {diff:.3g}; nothing written")
+        with atomic_path(out) as tmp:
+            shutil.copyfile(made[0], tmp)
+        with atomic_path(config) as tmp:
+            shutil.copyfile(cfgs[0], tmp)
+        ops = read_operators(config)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"out": str(out), "config": str(config), "source": str(model), "format": fmt,
+            "bits": quant["bits"] if quant else 32, "optimization": level, "bytes_onnx": model.stat().st_size,
+            "bytes_ort": out.stat().st_size, "max_abs_diff": diff, "load_ms": round(load_ms, 2),
+            "operators": ops, "notes": notes}
+
+
+__all__ = ["export_ort", "LEVELS", "read_operators"]
