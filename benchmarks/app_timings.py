@@ -1,0 +1,72 @@
+"""`ganq app` in headless chromium (onnxruntime-web 1.30, wasm, cross-origin isolated): page load, first image and
+time per image at batch 1 and 16, for the fp32, 4-bit int and 3-bit packed Fashion-MNIST generator; saves a
+screenshot of the 3-bit page. Needs chromium and web/node_modules (cd web && npm ci).
+
+    .venv/bin/python benchmarks/app_timings.py --screenshot docs/app.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main():
+    from ganq.app import build_app, serve
+    from ganq.quantize import QuantizeOptions, quantize_file
+    from ganq.runtime import resolve_model
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--screenshot", default=None)
+    ap.add_argument("--out", default="benchmarks/results/app_timings.json")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ganq-app-bench."))
+    src = resolve_model("zoo:fashion-mnist-cnn3")
+    models = {"fp32": src, "int 4-bit": work / "int4.onnx", "packed 3-bit": work / "packed3.onnx"}
+    quantize_file(src, models["int 4-bit"], QuantizeOptions(bits=4, format="int"))
+    quantize_file(src, models["packed 3-bit"], QuantizeOptions(bits=3, format="packed"))
+    z = np.random.default_rng(0).standard_normal((1, 100)).astype(np.float32)
+    (work / "z.json").write_text(json.dumps({"n": 1, "z": z.ravel().tolist()}))
+    rows = []
+    for name, model in models.items():
+        folder = work / name.replace(" ", "-")
+        build_app(model, folder, ort_web=REPO / "web" / "node_modules" / "onnxruntime-web")
+        httpd, url = serve(folder)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        runs = []
+        for i in range(args.repeat):
+            shot = args.screenshot if (name == "packed 3-bit" and i == 0 and args.screenshot) else None
+            cmd = ["node", str(REPO / "web" / "app-check.mjs"), url, str(work / "z.json"), str(work / "o.json")]
+            subprocess.run(cmd + ([str(Path(shot).resolve())] if shot else []), check=True, capture_output=True)
+            o = json.loads((work / "o.json").read_text())
+            runs.append({**o["timings"], "page_to_ready_ms": o["page_to_ready_ms"]})
+        httpd.shutdown()
+        httpd.server_close()
+        med = {k: float(np.median([r[k] for r in runs])) for k in ("load_ms", "first_image_ms", "per_image_ms_batch1",
+                                                                  "per_image_ms_batch16", "page_to_ready_ms")}
+        rows.append({"model": name, "bytes": model.stat().st_size, "threads": runs[0]["threads"], **med, "runs": runs})
+        print(f"{name}: done", flush=True)
+    print("\n| model | file | runtime + model load | page ready (incl. timing runs) | first image | per image, batch 1 "
+          "| per image, batch 16 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['bytes'] / 1024:,.0f} KiB | {r['load_ms']:.0f} ms | {r['page_to_ready_ms']:.0f} ms "
+              f"| {r['first_image_ms']:.1f} ms | {r['per_image_ms_batch1']:.2f} ms | {r['per_image_ms_batch16']:.2f} ms |")
+    print(f"(median of {args.repeat} page loads each, {rows[0]['threads']} wasm threads, headless chromium)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
