@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ganq.errors import GanqError
+from ganq.errors import GanqError, check_range
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Post-training quantization of GANs, deployed through ONNX.")
@@ -183,8 +183,13 @@ def export(source: Annotated[Path, typer.Argument(help="Run folder or checkpoint
            out: Annotated[Path, typer.Option(help="Output .onnx")],
            n: Annotated[int, typer.Option(help="Latents for the parity check, 1..100000")] = 256,
            ema: Annotated[bool, typer.Option("--ema", help="Export the generator's weight EMA (train --ema)")] = False,
+           force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
            as_json: Annotated[bool, typer.Option("--json")] = False):
     """Export a trained generator to ONNX (opset 21, dynamic batch), checked against PyTorch."""
+    from ganq._io import check_out
+
+    check_range("--n", n, 1, 100_000)
+    check_out(out, force, [source])
     _need_torch("export")
     from ganq.export import PARITY_TOL, export as run_export
 
@@ -251,6 +256,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                  "--keep-overridable", help="Initializers listed as graph inputs stay inputs (not quantized)")] = False,
              no_upgrade_opset: Annotated[bool, typer.Option(
                  "--no-upgrade-opset", help="Keep an opset below 21 (int/packed then use what it has)")] = False,
+             force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
     """Quantize a generator's weights to k bits with a method; print the size report."""
     from ganq.quantize import QuantizeOptions, quantize_file
@@ -262,7 +268,13 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                            tensor_bits=parse_tensor_bits(tensor_bits or []),
                            plan_file=str(plan) if plan else None, keep_overridable=keep_overridable,
                            upgrade_opset=not no_upgrade_opset)
-    report = quantize_file(resolve_model(model), out, opts)
+    from ganq._io import check_out
+
+    src = resolve_model(model)
+    if Path(out).resolve() == Path(src).resolve():
+        raise GanqError(f"{out}: is the input model; write the quantized model elsewhere")
+    check_out(out, force, [src])
+    report = quantize_file(src, out, opts)
     for note in report.get("notes", []):
         err_console.print(f"note: {note}", markup=False, highlight=False)
     _emit(report, as_json, _render_quant)
@@ -307,12 +319,16 @@ def export_ort_cmd(model: Annotated[str, typer.Argument(help="A ganq generator .
                    out: Annotated[Path, typer.Option(help="Output .ort (the operator config is written beside it)")],
                    optimization: Annotated[Optional[str], typer.Option(
                        help="disable, basic, extended or all (default: disable for packed, basic otherwise)")] = None,
+                   force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
                    as_json: Annotated[bool, typer.Option("--json")] = False):
     """onnxruntime's mobile format (.ort) with onnxruntime's converter, keeping the k-bit size; checked on load."""
+    from ganq._io import check_out
     from ganq.app.mobile import export_ort
     from ganq.runtime import resolve_model
 
-    r = export_ort(resolve_model(model), out, optimization)
+    src = resolve_model(model)
+    check_out(out, force, [src])
+    r = export_ort(src, out, optimization)
     for note in r["notes"]:
         err_console.print(f"note: {note}", markup=False, highlight=False)
     _emit(r, as_json, lambda r: out_console.print(
@@ -332,6 +348,7 @@ def spec_cmd(model: Annotated[str, typer.Argument(help="A generator .onnx (or zo
              dataset: Annotated[str, typer.Option(help="Data set it was trained on")] = "",
              arch: Annotated[str, typer.Option(help="Architecture name")] = "",
              out: Annotated[Optional[Path], typer.Option(help="Write here instead of in place")] = None,
+             force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
     """Show a generator's spec; with --latent-dim, write one into a model exported elsewhere."""
     from ganq.quantize import load_model
@@ -347,6 +364,10 @@ def spec_cmd(model: Annotated[str, typer.Argument(help="A generator .onnx (or zo
         lo, hi = (float(v) for v in output_range.split(","))
     except ValueError:
         raise GanqError(f"--output-range must be LOW,HIGH, got {output_range!r}") from None
+    check_range("--latent-dim", latent_dim, 1, 4096)
+    if out is not None:
+        from ganq._io import check_out
+        check_out(out, force, [model])
     spec = describe(model, out or model, latent_dim=latent_dim, latent=latent, output_range=(lo, hi),
                     input_name=input_name, output_name=output_name, dataset=dataset, arch=arch)
     _emit(spec.to_dict(), as_json, lambda d: out_console.print(f"wrote ganq.spec into {out or model}: "
@@ -446,6 +467,7 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
              threads: Annotated[Optional[int], typer.Option(help="onnxruntime threads")] = None,
              data_root: DataRoot = None,
              out: Annotated[Optional[Path], typer.Option(help="Also write the JSON here")] = None,
+             force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
     """Generate images in onnxruntime and score them against real ones."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -454,6 +476,13 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
 
     opts = EvalOptions(n=n, seed=seed, k=k, strict=strict, realism=realism, shuffle=not no_shuffle,
                        real_split=real_split)
+    if out is not None:
+        from ganq._io import check_out
+        from ganq.runtime import resolve_model
+        check_out(out, force, [resolve_model(model)])
+    if threads is not None:
+        from ganq.runtime import session_options
+        session_options(threads)  # its range, before any work
     with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console) as bar:
         def stage(name, total):  # one bar per stage, left on screen with its time

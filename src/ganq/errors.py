@@ -3,3 +3,23 @@
 
 class GanqError(Exception):
     """An error the user can act on: bad input, missing data, a refused overwrite."""
+
+
+def check_range(name: str, value, lo, hi, integer: bool = True):
+    """value if lo <= value <= hi (and finite, and an int when integer), else a GanqError naming the range."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok or not math.isfinite(value) or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise GanqError(f"{name} must be {kind} in {lo}..{hi}, got {value!r}")
+    return value
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (for what ganq recovers from by itself, e.g. a corrupt cache entry)."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)

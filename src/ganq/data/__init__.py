@@ -128,8 +128,18 @@ def _cached_folder(source: Path, split: str, size: int, channels: int):
     key = hashlib.sha256(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{split}|{size}|{channels}".encode())
     path = cache_dir() / "decoded" / f"{key.hexdigest()[:24]}.npz"
     if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            return z["images"], z["labels"], [str(c) for c in z["classes"]]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                images, labels, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
+            if (images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (size, size, channels)
+                    and labels.ndim == 1 and len(labels) == len(images) and len(images) > 0
+                    and labels.min() >= 0 and labels.max() < len(classes)):
+                return images, labels, classes
+        except Exception:  # a truncated or foreign file: np.load raises many types
+            pass
+        from ganq.errors import warn
+        warn(f"{path}: corrupt decoded-image cache entry; discarded and decoded again")
+        path.unlink(missing_ok=True)
     images, labels, classes = read_image_folder(source, size, channels, split=split)
     from ganq._io import atomic_path
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ganq.errors import GanqError
+from ganq.errors import GanqError, check_range
 from ganq.evaluate import metrics
 from ganq.evaluate.features import FeatureNet
 
@@ -37,6 +37,12 @@ class EvalOptions:
     def __post_init__(self):
         if self.n < 10:
             raise GanqError(f"--n must be at least 10, got {self.n}")
+        check_range("--n", self.n, 10, 1_000_000)
+        check_range("--seed", self.seed, 0, 2 ** 31 - 1)
+        check_range("--k", self.k, 1, 1000)
+        check_range("batch", self.batch, 1, 65_536)
+        if self.k >= self.n:
+            raise GanqError(f"--k {self.k} needs more than {self.k} samples; --n is {self.n}")
         if self.realism not in ("paper", "official"):
             raise GanqError(f"--realism must be paper or official, got {self.realism!r}")
         if self.real_split not in ("train", "test"):
@@ -103,8 +109,19 @@ class FeatureCache:
 
         p = self.path(net, dataset, split, n, seed)
         if p.exists():
-            with np.load(p, allow_pickle=False) as z:
-                return (z["logits"] if "logits" in z else None), z["features"]
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    feats = z["features"]
+                    logits = z["logits"] if "logits" in z else None
+                ok = (feats.ndim == 2 and len(feats) == n and feats.dtype.kind == "f" and np.all(np.isfinite(feats))
+                      and (logits is None or (logits.ndim == 2 and len(logits) == n)))
+            except Exception:  # truncated, not a zip, missing arrays: np.load raises many types
+                ok = False
+            if ok:
+                return logits, feats
+            from ganq.errors import warn
+            warn(f"{p}: corrupt or foreign real-feature cache entry; discarded and recomputed")
+            p.unlink(missing_ok=True)
         logits, feats = net(real_images(dataset, n, split, seed, data_root), progress=progress)
         try:
             with atomic_path(p) as tmp:

@@ -120,8 +120,47 @@ def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, fe
     if out.exists() and not out.is_dir():
         raise GanqError(f"{out}: exists and is not a folder")
     marker = out / "sweep.json"
-    if out.is_dir() and any(out.iterdir()) and not marker.exists():
+    fresh = not out.exists() or not any(out.iterdir())
+    if not fresh and not is_sweep(out):
         raise GanqError(f"{out}: folder exists and holds no ganq sweep; choose another --out")
+    try:
+        return _run(refs, settings, out, features, data_root, progress, fresh, marker)
+    except BaseException:
+        # a failed or interrupted first attempt that cached nothing leaves nothing behind
+        if fresh and out.is_dir() and not any((out / "cache").glob("*.npz")):
+            import shutil
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def is_sweep(out: Path) -> bool:
+    try:
+        return json.loads((out / "sweep.json").read_text()).get("ganq") == "sweep"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _read_cell(cache: Path, bits: int, name: str):
+    """(row, grid) of a cached cell, or None (with one warning) when the entry does not load or does not fit."""
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            row, grid = json.loads(str(z["row"])), z["grid"]
+        if (isinstance(row, dict) and row.get("bits") == bits and row.get("model") == name
+                and isinstance(row.get("fid"), (int, float)) and grid.dtype == np.uint8 and grid.ndim == 4):
+            return row, grid
+    except Exception:  # truncated, random or foreign bytes: np.load and json raise many types
+        pass
+    from ganq.errors import warn
+    warn(f"{cache}: corrupt or foreign sweep cache entry; discarded and recomputed")
+    cache.unlink(missing_ok=True)
+    return None
+
+
+def _run(refs, settings, out, features, data_root, progress, fresh, marker) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    if fresh or not marker.exists():
+        # the marker comes first, so that an interrupted first sweep is resumed, not refused
+        write_text_atomic(marker, json.dumps({"ganq": "sweep", "state": "running"}) + "\n")
     (out / "cache").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
     eval_opts = settings.eval
@@ -143,9 +182,9 @@ def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, fe
             if progress:
                 progress(ref.name, bits)
             cache = out / "cache" / f"{ref.name}-{ref.dataset}-{key}-{bits}.npz"
-            if cache.exists():
-                with np.load(cache, allow_pickle=False) as z:
-                    row, grid = json.loads(str(z["row"])), z["grid"]
+            cell = _read_cell(cache, bits, ref.name) if cache.exists() else None
+            if cell is not None:
+                row, grid = cell
             else:
                 if real is None:
                     real = feature_cache.real(net, ref.dataset, eval_opts.real_split, settings.n, settings.seed,

@@ -21,9 +21,13 @@ def session_options(threads: int | None = None):
 
     so = ort.SessionOptions()
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
-    if threads:
-        if threads < 1:
-            raise GanqError(f"--threads must be at least 1, got {threads}")
+    if threads is not None:
+        import os
+
+        top = 4 * (os.cpu_count() or 1)
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= top:
+            raise GanqError(f"--threads must be an integer in 1..{top} (4x this machine's cores), got {threads!r}; "
+                            "leave it out for onnxruntime's default")
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.log_severity_level = 3

@@ -32,6 +32,16 @@ class BenchJob:
     qdq: str = "keep"
     engine: str = "onnxruntime"   # or "torch" (model is then a run folder / checkpoint)
 
+    def __post_init__(self):
+        import os
+
+        from ganq.errors import check_range
+
+        check_range("--batch", self.batch, 1, 65_536)
+        check_range("--threads", self.threads, 1, 4 * (os.cpu_count() or 1))
+        check_range("warmup", self.warmup, 0, 100_000)
+        check_range("repeat", self.repeat, 1, 100_000)
+
 
 def _peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM belongs to the process image (ru_maxrss survives exec and

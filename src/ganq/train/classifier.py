@@ -65,6 +65,13 @@ def train_classifier(dataset: str, out: str | Path, epochs: int = 5, batch_size:
                      seed: int = 0, limit: int | None = None, data_root=None, download: bool = False,
                      width: int = 32, progress=None) -> dict:
     """Train the classifier on the train split, measure test accuracy, export to ONNX at `out`."""
+    from ganq.errors import check_range
+
+    check_range("--epochs", epochs, 1, 10_000)
+    check_range("--batch-size", batch_size, 2, 65_536)
+    check_range("--width", width, 1, 1024)
+    if not (isinstance(lr, (int, float)) and 0 < lr <= 1):
+        raise GanqError(f"--lr must be in (0, 1], got {lr}")
     import onnx
 
     if epochs < 1:

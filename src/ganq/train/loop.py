@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ganq import __version__
 from ganq import data as gdata
 from ganq._io import atomic_path, write_text_atomic
-from ganq.errors import GanqError
+from ganq.errors import GanqError, check_range
 from ganq.spec import GeneratorSpec
 from ganq.train import checkpoint
 from ganq.train.archs import build, check_fits
@@ -49,12 +49,22 @@ class TrainConfig:
     def __post_init__(self):
         if self.dropout is None:
             object.__setattr__(self, "dropout", 0.3 if self.arch == "fc4" else 0.0)
-        if self.epochs < 1:
-            raise GanqError(f"--epochs must be at least 1, got {self.epochs}")
+        check_range("--epochs", self.epochs, 1, 100_000)
         if self.batch_size < 2:
             raise GanqError(f"--batch-size must be at least 2 (BatchNorm needs a batch), got {self.batch_size}")
-        if not self.lr > 0:
-            raise GanqError(f"--lr must be positive, got {self.lr}")
+        check_range("--batch-size", self.batch_size, 2, 65_536)
+        check_range("--latent-dim", self.latent_dim, 1, 4096)
+        check_range("--seed", self.seed, 0, 2 ** 31 - 1)
+        if self.limit is not None:
+            check_range("--limit", self.limit, 1, 10 ** 8)
+        if self.image_size is not None:
+            check_range("--image-size", self.image_size, 8, 512)
+        if self.channels is not None and self.channels not in (1, 3):
+            raise GanqError(f"--channels must be 1 or 3, got {self.channels}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr <= 1):
+            raise GanqError(f"--lr must be in (0, 1], got {self.lr}")
+        check_range("--beta1", self.beta1, 0.0, 0.999, integer=False)
+        check_range("--nproc", self.nproc, 1, 64)
         if not 0 <= self.label_smoothing < 0.5:
             raise GanqError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if not 0 <= self.dropout < 1:
@@ -342,6 +352,10 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
                "images": n_img, "seconds": round(seconds, 2), "images_per_s": round(n_img / seconds, 1)}
         rows.append(row)
 
+        if not all(bool(torch.isfinite(p).all()) for p in list(g.parameters()) + list(d.parameters())):
+            raise GanqError(f"training diverged in epoch {epoch} (weights are NaN or infinite; losses D "
+                            f"{row['d_loss']}, G {row['g_loss']}); nothing saved for it: the last checkpoint is epoch "
+                            f"{epoch - 1} (try a smaller --lr)")
         if not main:
             progress.epoch(row)
             continue

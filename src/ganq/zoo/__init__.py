@@ -15,7 +15,7 @@ def names() -> list[str]:
 
 def path(name: str) -> Path:
     p = ZOO / f"{name}.onnx"
-    if not p.is_file():
+    if name not in names() or not p.is_file():  # a name, never a path (zoo:../../x)
         have = ", ".join(names()) or "none"
         raise GanqError(f"zoo:{name} is not shipped with this ganq; the zoo has: {have}")
     return p

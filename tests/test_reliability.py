@@ -1,0 +1,192 @@
+"""Reliability: an interrupted or failed first sweep resumes (or leaves nothing), corrupt caches heal with one
+warning, numeric options have ranges checked before any work, quantize never writes over its input, training that
+diverges saves nothing."""
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ganq.cli import app
+from ganq.errors import GanqError, check_range
+from ganq.evaluate import EvalOptions
+from ganq.report import SweepSettings, sweep
+
+
+def _settings(bits=(32, 4)):
+    return SweepSettings(bits=bits, n=60, speed=False, eval=EvalOptions(n=60, kid_subset_size=30))
+
+
+def test_failed_first_sweep_leaves_nothing(tiny_onnx, tiny_classifier, tmp_path):
+    out = tmp_path / "first"
+    with pytest.raises(GanqError, match="not found"):  # no data set anywhere: fails before any cell is cached
+        sweep([str(tiny_onnx)], _settings(), out, dataset="mnist", features=str(tiny_classifier[0]),
+              data_root=tmp_path / "nodata")
+    assert not out.exists()
+
+
+def test_interrupted_first_sweep_resumes(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, monkeypatch):
+    import importlib
+
+    sw = importlib.import_module("ganq.report.sweep")  # the module (ganq.report.sweep is also a function)
+
+    out = tmp_path / "first"
+    calls = {"n": 0}
+    real_score = sw.score
+
+    def interrupted(*a, **k):  # Ctrl-C while the second bit width is scored
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_score(*a, **k)
+
+    monkeypatch.setattr(sw, "score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep([str(tiny_onnx)], _settings(), out, dataset="mnist", features=str(tiny_classifier[0]),
+              data_root=toy_data_root)
+    assert len(list((out / "cache").glob("*.npz"))) == 1 and sw.is_sweep(out)
+    monkeypatch.setattr(sw, "score", real_score)
+    r = sweep([str(tiny_onnx)], _settings(), out, dataset="mnist", features=str(tiny_classifier[0]),
+              data_root=toy_data_root)
+    assert [x["bits"] for x in r["rows"]] == [32, 4]
+    assert not list(out.glob("**/*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random", "wrong-row"])
+def test_corrupt_sweep_cache_heals(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, damage, capfd):
+    out = tmp_path / "s"
+    first = sweep([str(tiny_onnx)], _settings(), out, dataset="mnist", features=str(tiny_classifier[0]),
+                  data_root=toy_data_root)
+    cell = sorted((out / "cache").glob("*-4.npz"))[0]
+    if damage == "truncate":
+        cell.write_bytes(cell.read_bytes()[:100])
+    elif damage == "random":
+        cell.write_bytes(np.random.default_rng(0).bytes(5000))
+    else:
+        import io
+        import json
+        buf = io.BytesIO()
+        np.savez(buf, row=np.array(json.dumps({"bits": 7, "model": "other"})), grid=np.zeros((1, 2, 2, 1), np.uint8))
+        cell.write_bytes(buf.getvalue())
+    capfd.readouterr()
+    again = sweep([str(tiny_onnx)], _settings(), out, dataset="mnist", features=str(tiny_classifier[0]),
+                  data_root=toy_data_root)
+    err = capfd.readouterr().err
+    assert err.count("warning:") == 1 and "discarded and recomputed" in err
+    assert [x["fid"] for x in again["rows"]] == [x["fid"] for x in first["rows"]]
+
+
+def test_corrupt_real_feature_cache_heals(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, capfd):
+    from ganq.evaluate import evaluate
+
+    opts = EvalOptions(n=60, kid_subset_size=30)
+    a = evaluate(tiny_onnx, "mnist", tiny_classifier[0], opts, data_root=toy_data_root, cache=tmp_path / "c")
+    (entry,) = (tmp_path / "c").glob("*.npz")
+    np.savez(entry.open("wb"), features=np.zeros((3, 2), np.float32))  # the wrong shape for its key
+    capfd.readouterr()
+    b = evaluate(tiny_onnx, "mnist", tiny_classifier[0], opts, data_root=toy_data_root, cache=tmp_path / "c")
+    assert "discarded and recomputed" in capfd.readouterr().err and a["fid"] == b["fid"]
+
+
+def test_numeric_option_ranges():
+    for value in (0, -3, 2.5, float("inf"), float("nan"), True):
+        with pytest.raises(GanqError, match="must be an integer in 1..8"):
+            check_range("--x", value, 1, 8)
+    assert check_range("--x", 8, 1, 8) == 8
+    from ganq.train.loop import TrainConfig
+
+    for kw, msg in (({"lr": float("inf")}, "--lr must be in"), ({"lr": 0.0}, "--lr must be in"),
+                    ({"batch_size": 0}, "--batch-size"), ({"image_size": 100000}, "--image-size"),
+                    ({"image_size": -3}, "--image-size"), ({"channels": 2}, "--channels must be 1 or 3"),
+                    ({"epochs": 0}, "--epochs"), ({"latent_dim": 0}, "--latent-dim")):
+        with pytest.raises(GanqError, match=msg):
+            TrainConfig(dataset="mnist", arch="fc4", **kw)
+    from ganq.runtime import session_options
+    from ganq.runtime.bench import BenchJob
+
+    for t in (0, 10000):
+        with pytest.raises(GanqError, match="--threads must be an integer in 1.."):
+            session_options(t)
+        with pytest.raises(GanqError, match="--threads"):
+            BenchJob("m.onnx", 1, t)
+    with pytest.raises(GanqError, match="--n must be"):
+        EvalOptions(n=5)
+
+
+def test_cli_ranges_before_work(tiny_onnx, tmp_path):
+    for args, msg in ((["export", str(tmp_path), "--out", str(tmp_path / "x.onnx"), "--n", "0"], "--n must be an integer in 1..100000"),
+                      (["train", "--dataset", "mnist", "--arch", "fc4", "--out", str(tmp_path / "r"), "--lr", "inf"],
+                       "--lr must be in"),
+                      (["train", "--dataset", "mnist", "--arch", "fc4", "--out", str(tmp_path / "r"),
+                        "--keep-every", "-1"], "--keep-every"),
+                      (["evaluate", str(tiny_onnx), "--threads", "10000"], "--threads must be"),
+                      (["quantize", str(tiny_onnx), "--bits", "4", "--out", str(tiny_onnx)], "is the input model")):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_diverging_training_saves_nothing(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from conftest import make_idx_root
+    from ganq.train.loop import TrainConfig, train
+
+    root = make_idx_root(tmp_path / "data", n_train=64)
+    train(TrainConfig(dataset="mnist", arch="fc4", batch_size=32, latent_dim=16), tmp_path / "r", data_root=root)
+    good = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    step = torch.optim.Adam.step
+
+    def poisoned(self, *a, **k):  # what an exploding step does: a weight becomes NaN
+        out = step(self, *a, **k)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+    with pytest.raises(GanqError, match="diverged in epoch 2"):
+        train(TrainConfig(dataset="mnist", arch="fc4", batch_size=32, latent_dim=16, epochs=2), tmp_path / "r",
+              data_root=root, resume=True)
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == good  # epoch 1 stays the last checkpoint
+
+
+def test_overwrite_policy(tiny_onnx, tmp_path):
+    """An existing --out is refused without --force (and never touched); with --force it is replaced."""
+    out = tmp_path / "q.onnx"
+    out.write_bytes(b"precious")
+    base = ["quantize", str(tiny_onnx), "--bits", "4", "--out", str(out)]
+    r = CliRunner().invoke(app, base)
+    assert r.exit_code == 1 and "exists; add --force" in r.output and out.read_bytes() == b"precious"
+    r = CliRunner().invoke(app, base + ["--force"])
+    assert r.exit_code == 0 and out.read_bytes()[:8] != b"precious"
+    for cmd in (["export-ort", str(tiny_onnx), "--out", str(tmp_path / "m.ort")],
+                ["spec", str(tiny_onnx), "--latent-dim", "16", "--out", str(tmp_path / "s.onnx")]):
+        target = tmp_path / cmd[cmd.index("--out") + 1]
+        target.write_bytes(b"mine")
+        r = CliRunner().invoke(app, cmd)
+        assert r.exit_code == 1 and "--force" in r.output and target.read_bytes() == b"mine", r.output
+
+
+def test_stale_temp_files_of_dead_writers_are_cleaned(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ganq._io import write_text_atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".x.json.{dead}.abcd.tmp"
+    stale.write_text("half")
+    mine = tmp_path / f".x.json.{os.getpid()}.efgh.tmp"  # a live writer's (this process): kept
+    mine.write_text("busy")
+    write_text_atomic(tmp_path / "x.json", "{}")
+    assert not stale.exists() and mine.exists() and (tmp_path / "x.json").read_text() == "{}"
+
+
+def test_zoo_names_are_names(tmp_path):
+    from ganq.runtime import resolve_model
+
+    with pytest.raises(GanqError, match="not shipped"):
+        resolve_model("zoo:../../../../etc/passwd")
+    with pytest.raises(GanqError, match="is a folder"):
+        from ganq.quantize import load_model
+        load_model(tmp_path)
