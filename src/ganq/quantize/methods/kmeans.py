@@ -55,7 +55,7 @@ class KMeans(Method):
     def solve(self, x, bits, axis, ctx=None):
         self.check_bits(bits)
         x, axis, r = prepare(x, axis)
-        L = 2 ** bits
+        L = min(2 ** bits, r.shape[1])  # no more levels than a row has weights (a codebook costs 4 bytes a level)
         codes = np.empty(r.shape, np.int64)
         levels = np.empty((len(r), L), np.float32)
         for c, row in enumerate(r):
@@ -66,7 +66,7 @@ class KMeans(Method):
                 continue
             if self.init == "em":
                 ec, es, eo, _ = em_row(row, bits, 100)
-                start = decode_rows(np.arange(L, dtype=np.float64)[None, :], es, eo)[0].astype(np.float64)
+                start = decode_rows(np.arange(2 ** bits, dtype=np.float64)[None, :], es, eo)[0].astype(np.float64)
                 start_codes, start_err = ec[0].astype(np.int64), sq_error(row[None], decode_rows(ec, es, eo))[0]
             else:
                 start = np.quantile(row.astype(np.float64), (np.arange(L) + 0.5) / L)
