@@ -10,6 +10,8 @@ from ganq.errors import GanqError
 META_SPEC = "ganq.spec"
 META_QUANT = "ganq.quant"
 LATENTS = ("normal", "uniform")
+MAX_LATENT = 65_536  # a latent size beyond any GAN's; a spec asking for more is malformed
+MAX_SIDE = 8192
 
 
 @dataclass(frozen=True)
@@ -29,18 +31,31 @@ class GeneratorSpec:
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        for name in ("latent_dim", "channels", "height", "width"):
+        import math
+
+        for name, top in (("latent_dim", MAX_LATENT), ("channels", 3), ("height", MAX_SIDE), ("width", MAX_SIDE)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GanqError(f"spec: {name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise GanqError(f"spec: {name} must be an integer in 1..{top}, got {value!r}")
         if self.channels not in (1, 3):
             raise GanqError(f"spec: channels must be 1 or 3, got {self.channels}")
-        if self.latent not in LATENTS:
+        if not isinstance(self.latent, str) or self.latent not in LATENTS:
             raise GanqError(f"spec: latent must be one of {', '.join(LATENTS)}, got {self.latent!r}")
-        lo, hi = (float(v) for v in self.output_range)
-        if not lo < hi:
+        r = self.output_range
+        if (not isinstance(r, (tuple, list)) or len(r) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)):
+            raise GanqError(f"spec: output_range must be two numbers [low, high], got {r!r}")
+        lo, hi = (float(v) for v in r)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise GanqError(f"spec: output_range must be (low, high) with low < high, got {self.output_range!r}")
         object.__setattr__(self, "output_range", (lo, hi))
+        for name in ("dataset", "arch", "input_name", "output_name"):
+            if not isinstance(getattr(self, name), str):
+                raise GanqError(f"spec: {name} must be a string, got {getattr(self, name)!r}")
+        if not self.input_name or not self.output_name:
+            raise GanqError("spec: input_name and output_name must not be empty")
+        if not isinstance(self.extra, dict):
+            raise GanqError(f"spec: extra must be an object, got {type(self.extra).__name__}")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -205,16 +205,39 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
 
 
 def load_features(path: str | Path, what: str) -> np.ndarray:
-    """A [N, D] float array from .npy (never unpickled); NaN or infinity refused."""
+    """A real, finite [N, D] array from a .npy file, never unpickled. The header is checked against the file's size
+    before anything is allocated, so a header that lies cannot ask for more memory than the file holds."""
     path = Path(path)
     if not path.is_file():
         raise GanqError(f"{path}: no such file")
+    size = path.stat().st_size
     try:
-        x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise GanqError(f"{path}: not a .npy array ({str(e).splitlines()[0][:120]})") from None
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
-        raise GanqError(f"{path}: {what} must be a numeric [N, D] array, got {x.dtype} {list(x.shape)}")
+        with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04" or path.suffix == ".npz":
+                raise GanqError(f"{path}: is a .npz archive; give one .npy array for the {what}")
+            fh.seek(0)
+            version = np.lib.format.read_magic(fh)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = read[version](fh, max_header_size=10_000)
+            offset = fh.tell()
+    except GanqError:
+        raise
+    except Exception as e:  # numpy's header parser raises ValueError, EOFError, SyntaxError, ...
+        raise GanqError(f"{path}: not a .npy array ({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
+    if dtype.hasobject or dtype.kind not in "iuf":
+        kind = "complex" if dtype.kind == "c" else str(dtype)
+        raise GanqError(f"{path}: {what} must be real numbers (integers or floats), got {kind}")
+    if len(shape) != 2:
+        raise GanqError(f"{path}: {what} must be a [N, D] array, got shape {list(shape)}")
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if offset + need != size:
+        raise GanqError(f"{path}: the header promises {shape[0]}x{shape[1]} {dtype} ({need:,} bytes) but the file "
+                        f"holds {size - offset:,}")
+    x = np.fromfile(path, dtype=dtype, offset=offset).reshape(shape, order="F" if fortran else "C")
+    if x.size == 0:
+        raise GanqError(f"{path}: {what} are empty ({list(shape)})")
     if not np.all(np.isfinite(x)):
         raise GanqError(f"{path}: {what} hold NaN or infinity")
     return x

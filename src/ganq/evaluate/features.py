@@ -28,7 +28,7 @@ class FeatureNet:
         if META_FEATURES not in meta:
             raise GanqError(f"{self.path}: not a ganq feature network (no '{META_FEATURES}' metadata); "
                             "make one with `ganq train-classifier`")
-        self.info = json.loads(meta[META_FEATURES])
+        self.info = _read_info(meta[META_FEATURES], self.path)
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.session = session(self.path, provider, threads)
         self.input = self.session.get_inputs()[0].name
@@ -36,10 +36,19 @@ class FeatureNet:
         if "features" not in self.outputs:
             raise GanqError(f"{self.path}: feature network has no 'features' output")
         self.has_logits = "logits" in self.outputs
+        self.check_graph()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.info["image_shape"])
+
+    def check_graph(self) -> None:
+        """The input must take [N, C, H, W] of the declared image shape."""
+        dims = self.session.get_inputs()[0].shape
+        want = [None, *self.image_shape]
+        if len(dims) != 4 or any(isinstance(d, int) and w is not None and d != w for d, w in zip(dims, want)):
+            raise GanqError(f"{self.path}: its ganq.features says images {'x'.join(map(str, self.image_shape))}, "
+                            f"but its input takes {dims}")
 
     def __call__(self, images: np.ndarray, batch: int = 500, progress=None) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, H, W, C] -> (logits float32 [N, classes] or None when the network has none (vgg16),
@@ -60,3 +69,18 @@ class FeatureNet:
             if progress:
                 progress(len(res[0]))
         return (np.concatenate(logits) if logits else None), np.concatenate(feats)
+
+
+def _read_info(text: str, path: Path) -> dict:
+    """The `ganq.features` metadata, checked: a JSON object whose image_shape is [C, H, W] (C 1 or 3)."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise GanqError(f"{path}: its '{META_FEATURES}' metadata is not JSON") from None
+    shape = info.get("image_shape") if isinstance(info, dict) else None
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                   for v in shape)
+            or shape[0] not in (1, 3) or not all(1 <= v <= 8192 for v in shape[1:])):
+        raise GanqError(f"{path}: its '{META_FEATURES}' metadata needs image_shape [C, H, W] (C 1 or 3), got "
+                        f"{str(shape)[:80]}")
+    return info

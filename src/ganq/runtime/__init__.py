@@ -74,6 +74,17 @@ class Generator:
         self.spec: GeneratorSpec = read_spec(proto, str(self.path))
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.session = session(self.path, provider, threads)
+        ins = {i.name: i for i in self.session.get_inputs()}
+        if self.spec.input_name not in ins:
+            raise GanqError(f"{self.path}: spec names input {self.spec.input_name!r}, the graph has "
+                            f"{', '.join(ins)}")
+        zshape = ins[self.spec.input_name].shape
+        if len(zshape) != 2 or (isinstance(zshape[1], int) and zshape[1] != self.spec.latent_dim):
+            raise GanqError(f"{self.path}: spec says latent size {self.spec.latent_dim}, the graph's input "
+                            f"{self.spec.input_name} has shape {list(zshape)}")
+        if ins[self.spec.input_name].type != "tensor(float)":
+            raise GanqError(f"{self.path}: input {self.spec.input_name} is {ins[self.spec.input_name].type}, "
+                            "not float32 latents")
         outs = {o.name: o for o in self.session.get_outputs()}
         if self.spec.output_name not in outs:
             raise GanqError(f"{self.path}: spec names output {self.spec.output_name!r}, the graph has "
