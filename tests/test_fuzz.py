@@ -189,3 +189,32 @@ def test_spec_that_does_not_match_the_graph(tiny_onnx, tmp_path, change, msg):
     onnx.save(m, str(tmp_path / "g.onnx"))
     with pytest.raises(GanqError, match=msg):
         Generator(tmp_path / "g.onnx")
+
+
+def test_zip_bombs_and_huge_images_are_refused_within_memory(tmp_path):
+    """A small zip whose member inflates to 2 GiB, a member whose header lies about its size, and an image of 30k x
+    30k pixels: each refused in one line, in a subprocess whose address space is capped at 1.5 GiB."""
+    import subprocess
+    import sys
+
+    big = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(big, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("a/x.png", "w", force_zip64=True) as fh:
+            chunk = b"\0" * 2 ** 24
+            for _ in range(128):  # 2 GiB of zeros, about 2 MB compressed
+                fh.write(chunk)
+    from PIL import Image
+    huge = tmp_path / "huge" / "a"
+    huge.mkdir(parents=True)
+    Image.new("L", (1, 1)).save(huge / "x.png")
+    raw = bytearray((huge / "x.png").read_bytes())
+    raw[16:24] = struct.pack(">II", 30000, 30000)  # the IHDR claims 30,000 x 30,000 (its CRC made right)
+    import zlib
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    (huge / "x.png").write_bytes(bytes(raw))
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20));"
+            "from ganq.data.folder import read_image_folder; from ganq.errors import GanqError\n"
+            "try:\n    read_image_folder(sys.argv[1], 8, 1)\nexcept GanqError as e:\n    print('refused:', e)")
+    for target, msg in ((big, "inflates to"), (tmp_path / "huge", "pixels")):
+        p = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "refused:" in p.stdout and msg in p.stdout, (p.stdout, p.stderr[-500:])

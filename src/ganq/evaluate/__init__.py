@@ -247,6 +247,14 @@ def metrics_from_arrays(fake: np.ndarray, real: np.ndarray, fake_logits=None, re
                         opts: EvalOptions | None = None) -> dict:
     """Every metric from saved feature arrays (fake first); IS when logits are given."""
     opts = opts or EvalOptions(n=max(10, min(len(fake), len(real))))
+    for name, lg, ft in (("fake", fake_logits, fake), ("real", real_logits, real)):
+        if lg is not None and (lg.ndim != 2 or len(lg) != len(ft)):
+            raise GanqError(f"{name} logits have {len(lg)} rows for {len(ft)} feature rows; they must match")
+        if lg is not None and lg.shape[1] < 2:
+            raise GanqError(f"{name} logits need at least 2 classes for an Inception Score, got {lg.shape[1]}")
+    if max(float(np.abs(fake).max()), float(np.abs(real).max())) > 1e15:
+        raise GanqError("feature values beyond 1e15: their squares overflow the metrics' float64 sums; "
+                        "these are not feature vectors")
     if fake.shape[1] != real.shape[1]:
         raise GanqError(f"feature widths differ: fake {fake.shape[1]}, real {real.shape[1]}")
     if max(opts.k, opts.dc_k) >= min(len(fake), len(real)):
