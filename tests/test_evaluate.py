@@ -118,7 +118,7 @@ def test_metrics_command_and_bad_arrays(tmp_path):
     assert got["precision"] == M.precision_recall(f, rr, 3, strict=True)["precision"]
     assert got["fid"] == pytest.approx(M.fid(f, rr)) and got["inception_score"] is None
     assert got["n_fake"] == 50 and got["n_real"] == 60
-    for other, msg in (("wide.npy", "widths differ"), ("nan.npy", "NaN"), ("obj.npy", "not a .npy array"),
+    for other, msg in (("wide.npy", "widths differ"), ("nan.npy", "NaN"), ("obj.npy", "must be real numbers"),
                        ("none.npy", "no such file")):
         r = runner.invoke(app, ["metrics", str(tmp_path / "f.npy"), str(tmp_path / other)])
         assert r.exit_code == 1 and msg in r.stderr, (other, r.stderr)
