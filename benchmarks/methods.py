@@ -23,6 +23,7 @@ MODELS = ("zoo:mnist-fc4@mnist", "zoo:mnist-cnn5@mnist", "zoo:fashion-mnist-cnn3
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default=",".join(METHODS.names()))
+    ap.add_argument("--models", default=",".join(MODELS), help="MODEL@DATASET,... (default: the four zoo generators)")
     ap.add_argument("--bits", default="4,3,2")
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--granularity", default="channel")
@@ -38,7 +39,7 @@ def main():
                                  granularity=args.granularity, method=method, n=args.n, speed=False,
                                  eval=EvalOptions(n=args.n))
         t0 = time.perf_counter()
-        r = sweep(list(MODELS), settings, Path(args.out) / method)
+        r = sweep(args.models.split(","), settings, Path(args.out) / method)
         print(f"{method}: {time.perf_counter() - t0:.0f} s", flush=True)
         rows += [{k: x[k] for k in ("model", "method", "bits", "fid", "precision", "recall", "bytes_file",
                                     "bytes_ideal")} for x in r["rows"]]
