@@ -7,7 +7,7 @@ single tensors, so mixed precision is just another plan. The plan is what `ganq.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -138,4 +138,4 @@ def make_plan(model: onnx.ModelProto, bits: int, method: Method, granularity: st
     return Plan(tuple(plans))
 
 
-__all__ = ["Plan", "TensorPlan", "make_plan", "parse_tensor_bits", "read_plan_file", "FLOAT_BITS", "replace"]
+__all__ = ["Plan", "TensorPlan", "make_plan", "parse_tensor_bits", "read_plan_file", "FLOAT_BITS"]

@@ -74,8 +74,6 @@ def train_classifier(dataset: str, out: str | Path, epochs: int = 5, batch_size:
         raise GanqError(f"--lr must be in (0, 1], got {lr}")
     import onnx
 
-    if epochs < 1:
-        raise GanqError(f"--epochs must be at least 1, got {epochs}")
     train_ds = gdata.load(dataset, "train", data_root=data_root, download=download, limit=limit)
     test_ds = gdata.load(dataset, "test", data_root=data_root, download=download)
     classes = train_ds.classes or [str(i) for i in range(int(train_ds.labels.max()) + 1)]
