@@ -256,6 +256,14 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                  "--keep-overridable", help="Initializers listed as graph inputs stay inputs (not quantized)")] = False,
              no_upgrade_opset: Annotated[bool, typer.Option(
                  "--no-upgrade-opset", help="Keep an opset below 21 (int/packed then use what it has)")] = False,
+             calibration: Annotated[int, typer.Option(
+                 help="Calibration latents from the generator's prior (gptq, adaround, --recalibrate-bn), "
+                      "1..1000000")] = 1024,
+             calibration_seed: Annotated[int, typer.Option(
+                 help="Seed of the calibration latents (a stream of their own, never evaluate's)")] = 0,
+             recalibrate_bn: Annotated[bool, typer.Option(
+                 "--recalibrate-bn", help="After each layer: re-estimate the BatchNorm after it through the "
+                                          "quantized graph, or correct its bias (any method)")] = False,
              force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
     """Quantize a generator's weights to k bits with a method; print the size report."""
@@ -267,7 +275,8 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                            granularity=granularity, format=format, fold_bn=fold_bn, include_bias=include_bias,
                            tensor_bits=parse_tensor_bits(tensor_bits or []),
                            plan_file=str(plan) if plan else None, keep_overridable=keep_overridable,
-                           upgrade_opset=not no_upgrade_opset)
+                           upgrade_opset=not no_upgrade_opset, calibration=calibration,
+                           calibration_seed=calibration_seed, recalibrate_bn=recalibrate_bn)
     from ganq._io import check_out
 
     src = resolve_model(model)

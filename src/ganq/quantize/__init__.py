@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ganq._io import atomic_path
-from ganq.errors import GanqError
+from ganq.errors import GanqError, check_range, warn
 from ganq.quantize.decoders import GRANULARITIES, Codebook
 from ganq.quantize.fold_bn import fold_batchnorm
 from ganq.quantize.formats import FORMATS, GraphBuilder
@@ -29,6 +29,7 @@ from ganq.quantize.select import opset
 from ganq.spec import META_QUANT, read_metadata, write_metadata
 
 TARGET_OPSET = 21  # UINT4 and per-axis DequantizeLinear; what `int` and `packed` want
+MAX_CALIBRATION = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class QuantizeOptions:
     plan_file: str | None = None
     keep_overridable: bool = False
     upgrade_opset: bool = True
+    calibration: int = 1024
+    calibration_seed: int = 0
+    recalibrate_bn: bool = False
     method_config: object = field(default=None, init=False, compare=False, repr=False)
     overrides: dict = field(default=None, init=False, compare=False, repr=False)
 
@@ -58,6 +62,10 @@ class QuantizeOptions:
         if self.granularity not in GRANULARITIES:
             raise GanqError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
         FORMATS.get(self.format)
+        check_range("--calibration", self.calibration, 1, MAX_CALIBRATION)
+        check_range("--calibration-seed", self.calibration_seed, 0, 2 ** 31 - 1)
+        if self.recalibrate_bn and config.name == "ocs":
+            raise GanqError("--recalibrate-bn does not combine with method ocs (it changes the layers' input shapes)")
         object.__setattr__(self, "method_config", config)
         object.__setattr__(self, "overrides", read_plan_file(self.plan_file) if self.plan_file else {})
 
@@ -163,6 +171,124 @@ def _ocs_rewrite(graph, node, target, sol, builder: GraphBuilder) -> list:
     return nodes
 
 
+def _calibrator(model, options: QuantizeOptions, todo, notes):
+    """A Calibrator on the model being quantized when a method needs layer inputs or --recalibrate-bn is on."""
+    if not todo or not (options.recalibrate_bn or any(tp.method.calibrated for tp in todo)):
+        return None
+    from ganq.quantize.calibrate import Calibrator, calibration_latents
+    from ganq.spec import read_spec
+
+    what = "--recalibrate-bn" if options.recalibrate_bn else f"method {options.method}"
+    try:
+        spec = read_spec(model)
+    except GanqError as e:
+        raise GanqError(f"{what} draws calibration latents from the generator's prior, which its spec gives: {e}"
+                        ) from None
+    z = calibration_latents(spec.latent, spec.latent_dim, options.calibration, options.calibration_seed)
+    return Calibrator(model, spec.input_name, z)
+
+
+def _layer_inputs(graph, t, x, method, options, calib, notes):
+    """(method to use, LayerStats or None, the consumer node or None) for weight t; a calibrated method falls back
+    to round-to-nearest on its grid where the layer's input columns cannot be built (said in the notes)."""
+    from ganq.quantize.calibrate import Unsupported, check_layer, following_batchnorm
+
+    nodes = [n for n in graph.node if t.name in n.input]
+    try:
+        if t.consumers != 1 or len(nodes) != 1:
+            raise Unsupported(f"the weight feeds {t.consumers} nodes")
+        node = nodes[0]
+        check_layer(node, x.shape)
+        need = method.calibrated or (options.recalibrate_bn and following_batchnorm(graph, node) is None)
+        stats = calib.layer_stats(node, x.shape, hessian=method.calibrated) if need else None
+        return method, stats, node
+    except Unsupported as e:
+        if method.calibrated:
+            fb = method.fallback()
+            notes.append(f"{t.name}: {method.name} cannot build this layer's input columns ({e}); rounded to "
+                         f"nearest on its {fb.name} grid")
+            method = fb
+        if options.recalibrate_bn:
+            notes.append(f"{t.name}: not recalibrated ({e})")
+        return method, None, None
+
+
+def _change(old: np.ndarray, new: np.ndarray) -> float:
+    return float(np.max(np.abs(new.astype(np.float64) - old.astype(np.float64)))) if old.size else 0.0
+
+
+def _recalibrate(graph, inits, node, t, w, w_hat, stats, calib, builder, notes) -> list[dict]:
+    """After weight t is quantized: re-estimate the BatchNormalization after its node from the calibration latents
+    through the quantized graph, or else correct the node's bias, b <- b - E[(W~ - W) x]. Returns what changed."""
+    from ganq.quantize.calibrate import following_batchnorm
+    from ganq.quantize.decoders import rows as as_rows
+
+    uses = {}
+    for n in graph.node:
+        for i in set(n.input):
+            uses[i] = uses.get(i, 0) + 1
+    bn = following_batchnorm(graph, node)
+    if bn is not None:
+        names = [bn.input[3], bn.input[4]] if len(bn.input) >= 5 else []
+        if len(names) != 2 or any(n not in inits or uses.get(n, 0) != 1 for n in names):
+            notes.append(f"{t.name}: BatchNormalization {bn.name} not re-estimated (its statistics are not "
+                         "initializers of its own)")
+            return []
+        mean, var = calib.channel_moments(bn.input[0])
+        out = []
+        for name, new, kind in zip(names, (mean, var), ("bn_mean", "bn_var")):
+            old = numpy_helper.to_array(inits[name])
+            new32 = new.astype(np.float32).reshape(old.shape)
+            inits[name].CopyFrom(numpy_helper.from_array(new32, name))
+            out.append({"tensor": name, "kind": kind, "node": bn.name, "max_abs_change": _change(old, new32)})
+        return out
+    if stats is None:
+        return []
+    delta = (as_rows(w_hat, t.axis).astype(np.float64) - as_rows(w, t.axis).astype(np.float64)) @ stats.mean
+    op = node.op_type
+    if op == "MatMul":
+        name = builder.fresh(f"{t.name}_bias_correction")
+        mid = builder.fresh(f"{node.output[0]}_uncorrected")
+        b = (-delta).astype(np.float32)
+        graph.initializer.append(numpy_helper.from_array(b, name))
+        inits[name] = graph.initializer[-1]
+        add = onnx.helper.make_node("Add", [mid, name], [node.output[0]], name=builder.fresh(f"{name}_add"))
+        i = list(graph.node).index(node)
+        node.output[0] = mid
+        graph.node.insert(i + 1, add)
+        return [{"tensor": name, "kind": "bias_added", "node": add.name, "max_abs_change": _change(b * 0, b)}]
+    beta = 1.0
+    if op == "Gemm":
+        beta = float(next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "beta"), 1.0))
+        if beta == 0:
+            notes.append(f"{t.name}: Gemm with beta 0, bias not corrected")
+            return []
+    if len(node.input) >= 3 and node.input[2]:
+        name = node.input[2]
+        if name not in inits or uses.get(name, 0) != 1:
+            notes.append(f"{t.name}: bias {name} is not an initializer of this node alone; not corrected")
+            return []
+        old = numpy_helper.to_array(inits[name])
+        if old.size != delta.size:
+            notes.append(f"{t.name}: bias {name} has shape {list(old.shape)}, not one value per output channel; "
+                         "not corrected")
+            return []
+        new = (old.astype(np.float64) - (delta / beta).reshape(old.shape)).astype(np.float32)
+        inits[name].CopyFrom(numpy_helper.from_array(new, name))
+        return [{"tensor": name, "kind": "bias", "node": node.name, "max_abs_change": _change(old, new)}]
+    name = builder.fresh(f"{t.name}_bias")
+    new = (-delta / beta).astype(np.float32)
+    graph.initializer.append(numpy_helper.from_array(new, name))
+    inits[name] = graph.initializer[-1]
+    while len(node.input) < 2:
+        node.input.append("")
+    if len(node.input) == 2:
+        node.input.append(name)
+    else:
+        node.input[2] = name
+    return [{"tensor": name, "kind": "bias_added", "node": node.name, "max_abs_change": _change(new * 0, new)}]
+
+
 def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan | None = None
                    ) -> tuple[onnx.ModelProto, dict]:
     """A quantized copy of model and its report (also stored as the `ganq.quant` metadata). `plan` overrides the
@@ -199,16 +325,29 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
     taken |= {i.name for i in graph.input} | {o.name for o in graph.output}
     builder = GraphBuilder(taken)
     rows, replaced, before = [], set(), {}
+    calib = _calibrator(model, options, todo, notes)
     for tp in todo:
         t = tp.target
         x = _check_data(inits[t.name])
         if not np.all(np.isfinite(x)):
             raise GanqError(f"weight {t.name} holds NaN or infinity; fix the model before quantizing it")
-        ctx = SolveContext(t.name, t.op_type, t.in_axis, t.x_axis, t.group)
+        method, stats, node = tp.method, None, None
+        if calib is not None and t.role == "weight":
+            method, stats, node = _layer_inputs(graph, t, x, method, options, calib, notes)
+        elif method.calibrated:
+            method = method.fallback()
+        ctx = SolveContext(t.name, t.op_type, t.in_axis, t.x_axis, t.group, t.axis,
+                           stats.hessian if stats is not None and method.calibrated else None)
         try:
-            sol = tp.method.solve(x, tp.bits, tp.axis, ctx)
+            sol = method.solve(x, tp.bits, tp.axis, ctx)
         except GanqError as e:
             raise GanqError(f"{t.name}: {e}") from None
+        corrected = []
+        if calib is not None:
+            calib.weights[t.name] = sol.dequantize()
+            if options.recalibrate_bn and node is not None:
+                corrected = _recalibrate(graph, inits, node, t, x, calib.weights[t.name], stats, calib, builder,
+                                         notes)
         if sol.split:
             consumers = [i for i, n in enumerate(graph.node) if t.name in n.input]
             if t.consumers != 1 or len(consumers) != 1:
@@ -220,15 +359,19 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
             replaced.add(t.name)
         ideal = int(np.ceil(sol.codes.size * tp.bits / 8)) + sol.decoder.nbytes(tp.bits)
         row = {"tensor": t.name, "op": t.op_type, "role": t.role, "shape": list(x.shape), "axis": sol.axis,
-               "bits": tp.bits, "method": tp.method.name, "method_opts": tp.method.options(),
+               "bits": tp.bits, "method": method.name, "method_opts": method.options(),
                "granularity": tp.granularity, "decoder": sol.decoder.kind,
                "params": int(x.size), "bytes_fp32": int(x.nbytes), "bytes_ideal": ideal,
                "bytes_stored": int(stored), "levels_used": sol.levels_used}
+        if method is not tp.method:
+            row["fallback_from"] = tp.method.name
         if sol.split:
             row.update({"split_channels": len(sol.split), "params_stored": int(sol.codes.size),
                         "shape_stored": list(sol.codes.shape)})
         if sol.info:
             row["info"] = sol.info
+        if corrected:
+            row["corrected"] = corrected
         rows.append(row)
     for name, array in builder.replace.items():
         inits[name].CopyFrom(numpy_helper.from_array(array, name))
@@ -263,6 +406,9 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
     if plan.mixed or any(r["bits"] != options.bits for r in rows):
         report["mixed"] = True
         report["avg_bits"] = (sum(r["bits"] * r["params"] for r in rows) / quantized_params) if rows else None
+    if calib is not None:
+        report["calibration"] = {"latents": options.calibration, "seed": options.calibration_seed,
+                                 "forward_passes": calib.passes, "recalibrate_bn": options.recalibrate_bn}
     if notes:
         report["notes"] = notes
     write_metadata(model, META_QUANT, json.dumps(report, sort_keys=True))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Mapping
 
 import numpy as np
@@ -24,13 +24,17 @@ from ganq.registry import Registry
 @dataclass(frozen=True)
 class SolveContext:
     """What a method may know about the weight beyond its values: its consumer op, the input-channel axis of the
-    weight (in_axis) and of the layer's data input (x_axis). Calibrated methods (next) add layer inputs here."""
+    weight (in_axis) and of the layer's data input (x_axis). For calibrated methods: out_axis (the weight's
+    output-channel axis: rows(weight, out_axis) is W_rows, [C_out, K]) and hessian, H = X X^T / m over the layer's
+    input columns X [K, m] from calibration latents (quantize.calibrate), in W_rows' column order."""
 
     name: str = ""
     op_type: str = ""
     in_axis: int | None = None
     x_axis: int | None = None
     group: int = 1
+    out_axis: int | None = None
+    hessian: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class Method:
     decoder: ClassVar[str] = "affine"
     min_bits: ClassVar[int] = 1
     max_bits: ClassVar[int] = MAX_BITS
+    calibrated: ClassVar[bool] = False  # solve() needs ctx.hessian (the layer's inputs)
+
+    def fallback(self) -> "Method":
+        """What a calibrated method uses for a tensor it cannot see the inputs of (a bias, an unsupported op)."""
+        return self
 
     def check_bits(self, bits: int) -> None:
         if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= MAX_BITS:
@@ -165,6 +174,6 @@ def prepare(x: np.ndarray, axis: int | None):
     return x, axis, rows(x, axis)
 
 
-from ganq.quantize.methods import (minmax, symmetric, mse, aciq, log2, tanh, em, kmeans, ocs)  # noqa: E402,F401,I001
+from ganq.quantize.methods import (minmax, symmetric, mse, aciq, log2, tanh, em, kmeans, ocs, gptq, adaround)  # noqa: E402,F401,I001
 
 __all__ = ["METHODS", "Method", "SolveContext", "make_method", "parse_method_opts", "register"]

@@ -1,0 +1,62 @@
+"""What the calibrated methods (gptq, adaround) share: the grid they round onto, in W_rows form, and the output
+error tr(dW H dW^T) they minimise.
+
+W_rows = rows(weight, out_axis) is [C_out, K] whatever the op; the grid is the `grid` method's Affine decoder (minmax
+or mse) on the weight, per tensor (one scale and offset) or per output channel (one per row)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ganq.errors import GanqError
+from ganq.quantize.decoders import rows, unrows
+from ganq.quantize.methods import SolveContext, affine_solution, make_method, prepare
+
+GRIDS = ("minmax", "mse")
+
+
+def grid_rows(x: np.ndarray, bits: int, axis, out_axis: int, grid: str):
+    """(W_rows float32 [C, K], scale [C, 1], offset [C, 1]) of the grid method's solution."""
+    sol = make_method(grid).solve(x, bits, axis)
+    w = rows(x, out_axis)
+    c = w.shape[0]
+    scale = np.broadcast_to(sol.decoder.scale, x.shape)
+    offset = np.broadcast_to(sol.decoder.offset, x.shape)
+    s = rows(np.ascontiguousarray(scale), out_axis)[:, :1].astype(np.float32)
+    o = rows(np.ascontiguousarray(offset), out_axis)[:, :1].astype(np.float32)
+    assert s.shape == (c, 1)
+    return w, s, o
+
+
+def nearest(w, scale, offset, levels):
+    """Round-to-nearest codes (float64) of rows w on the grid, as affine_codes rounds."""
+    return np.clip(np.rint((w.astype(np.float64) - offset) / scale), 0, levels)
+
+
+def decode(codes, scale, offset):
+    return (codes.astype(np.float32) * scale).astype(np.float32) + offset
+
+
+def output_error(w, w_hat, h) -> np.ndarray:
+    """Per row ||(w - w_hat) X||^2 / m = (dW H dW^T)_rr, float64."""
+    d = w.astype(np.float64) - w_hat.astype(np.float64)
+    return np.einsum("ij,ij->i", d @ h, d)
+
+
+def check_context(name: str, ctx: SolveContext | None, x: np.ndarray, out_axis_default=None):
+    if ctx is None or ctx.hessian is None or ctx.out_axis is None:
+        raise GanqError(f"method {name} needs calibration (the layer's inputs); quantize a whole model with it")
+    w = rows(x, ctx.out_axis)
+    if ctx.hessian.shape != (w.shape[1], w.shape[1]):
+        raise GanqError(f"method {name}: the layer's input columns ({ctx.hessian.shape[0]}) do not match the "
+                        f"weight's ({w.shape[1]})")
+    return ctx.out_axis
+
+
+def solution(x, axis, out_axis, codes_rows, scale, offset, bits, **info):
+    """Codes in W_rows form -> a Solution along `axis` (None per tensor: scale and offset are one value)."""
+    x, axis, _ = prepare(x, axis)
+    full = unrows(codes_rows, x.shape, out_axis)
+    if axis is None:
+        return affine_solution(x, None, full.reshape(1, -1), scale[:1], offset[:1], bits, **info)
+    return affine_solution(x, axis, rows(full, axis), scale, offset, bits, **info)
