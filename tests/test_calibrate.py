@@ -343,3 +343,21 @@ def test_calibrated_generator_in_every_format(tiny_onnx, tmp_path, method, opts,
         bits=3, method=method, method_opts=opts, granularity="channel", format="packed", recalibrate_bn=bn,
         calibration=128))
     assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "packed.onnx").read_bytes()
+
+
+def test_sweep_key_of_uncalibrated_settings_is_unchanged():
+    """Sweep caches made before the calibration options existed stay valid: default values leave the key alone."""
+    import hashlib
+    from dataclasses import asdict
+
+    from ganq.report import SweepSettings
+
+    s = SweepSettings(bits=(32, 4), method="mse")
+    d = asdict(s)
+    for k in ("bits", "recalibrate_bn", "calibration", "calibration_seed"):
+        d.pop(k)
+    assert s.key() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    assert SweepSettings(bits=(4,), recalibrate_bn=True).key() != SweepSettings(bits=(4,)).key()
+    assert SweepSettings(bits=(4,), calibration=64).key() != SweepSettings(bits=(4,)).key()
+    with pytest.raises(GanqError, match="--calibration"):
+        SweepSettings(bits=(4,), calibration=0)

@@ -612,6 +612,9 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
           method: Annotated[str, typer.Option(help="Quantization method (see ganq quantize --help)")] = "minmax",
           method_opt: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE option of the method")] = None,
           fold_bn: Annotated[bool, typer.Option("--fold-bn")] = False,
+          recalibrate_bn: Annotated[bool, typer.Option(
+              "--recalibrate-bn", help="Re-estimate BatchNorm / correct biases (see ganq quantize --help)")] = False,
+          calibration: Annotated[int, typer.Option(help="Calibration latents, 1..1000000")] = 1024,
           n: Annotated[int, typer.Option(help="Generated and real samples per row")] = 10000,
           seed: int = 0,
           features: Annotated[str, typer.Option(help="classifier (each data set's zoo classifier), inception, "
@@ -626,8 +629,9 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
     from ganq.report import SweepSettings, parse_bits, sweep as run_sweep
 
     settings = SweepSettings(bits=parse_bits(bits), format=format, granularity=granularity, method=method,
-                             method_opts=_method_options(method_opt), fold_bn=fold_bn, n=n,
-                             seed=seed, speed=speed, eval=EvalOptions(n=n, seed=seed))
+                             method_opts=_method_options(method_opt), fold_bn=fold_bn,
+                             recalibrate_bn=recalibrate_bn, calibration=calibration, n=n, seed=seed, speed=speed,
+                             eval=EvalOptions(n=n, seed=seed))
     with Progress(TextColumn("sweep {task.fields[now]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console) as bar:
         task = bar.add_task("sweep", total=len(models) * len(settings.bits), now="")

@@ -25,6 +25,9 @@ DEFAULT_BITS = (32, 8, 7, 6, 5, 4, 3)
 GRID = 16  # samples per cell of fig-samples (4 x 4)
 
 
+CALIBRATION_DEFAULTS = {"recalibrate_bn": False, "calibration": 1024, "calibration_seed": 0}
+
+
 @dataclass(frozen=True)
 class SweepSettings:
     bits: tuple[int, ...] = DEFAULT_BITS
@@ -33,6 +36,9 @@ class SweepSettings:
     method: str = "minmax"
     method_opts: tuple = ()
     fold_bn: bool = False
+    recalibrate_bn: bool = False
+    calibration: int = 1024
+    calibration_seed: int = 0
     n: int = 10000
     seed: int = 0
     speed: bool = True
@@ -52,7 +58,13 @@ class SweepSettings:
             raise GanqError(f"granularity must be one of {', '.join(GRANULARITIES)}")
         from ganq.quantize.methods import make_method
 
+        from ganq.errors import check_range
+
+        check_range("--calibration", self.calibration, 1, 1_000_000)
+        check_range("--calibration-seed", self.calibration_seed, 0, 2 ** 31 - 1)
         m = make_method(self.method, dict(self.method_opts))
+        if self.recalibrate_bn and m.name == "ocs":
+            raise GanqError("--recalibrate-bn does not combine with method ocs (it changes the layers' input shapes)")
         for b in self.bits:
             if b != FLOAT_BITS:
                 m.check_bits(b)
@@ -60,6 +72,9 @@ class SweepSettings:
     def key(self) -> str:
         d = asdict(self)
         d.pop("bits")  # each width is cached on its own, so adding widths reuses the others
+        for name, default in CALIBRATION_DEFAULTS.items():  # keys of sweeps made before these options stay valid
+            if d[name] == default:
+                d.pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -191,12 +206,14 @@ def _run(refs, settings, out, features, data_root, progress, fresh, marker) -> d
                                               data_root)
                     real_radii = sq_radii(real[1], (eval_opts.k, eval_opts.dc_k))  # the same for every width
                 tag = "" if settings.method == "minmax" and not settings.method_opts else f"-{settings.method}"
+                tag += "-bn" if settings.recalibrate_bn else ""
                 qpath = out / "models" / f"{ref.name}-{bits}bit{tag}-{settings.format}.onnx"
                 # 32 bits: a float copy (BatchNorm folded if asked), with the same size report as the others
                 qrep = quantize_file(ref.model, qpath, QuantizeOptions(
                     bits=bits, method=settings.method, method_opts=settings.method_opts,
                     granularity=settings.granularity,
-                    format=settings.format, fold_bn=settings.fold_bn))
+                    format=settings.format, fold_bn=settings.fold_bn, recalibrate_bn=settings.recalibrate_bn,
+                    calibration=settings.calibration, calibration_seed=settings.calibration_seed))
                 t0 = time.perf_counter()
                 gen = Generator(qpath)
                 images = gen.generate(settings.n, settings.seed, eval_opts.batch)
@@ -204,7 +221,9 @@ def _run(refs, settings, out, features, data_root, progress, fresh, marker) -> d
                 metrics = score(logits, feats, real[0], real[1], eval_opts, real_radii)
                 row = {"model": ref.name, "dataset": ref.dataset, "bits": bits, "method": settings.method,
                        "method_opts": dict(settings.method_opts), "format": settings.format,
-                       "granularity": settings.granularity, "fold_bn": settings.fold_bn, "file": str(qpath),
+                       "granularity": settings.granularity, "fold_bn": settings.fold_bn,
+                       "recalibrate_bn": settings.recalibrate_bn, "quantize_seconds": qrep.get("seconds"),
+                       "file": str(qpath),
                        "bytes_file": qrep["bytes_file"], "bytes_ideal": qrep["bytes_ideal"],
                        "bytes_fp32": qrep["bytes_fp32"], "bytes_gzip": qrep["bytes_gzip"],
                        **{k: v for k, v in metrics.items()},
