@@ -303,10 +303,12 @@ def test_cli_bad_calibration_is_one_line(tmp_path):
 
     model, _, _ = _gemm_bn_model()
     onnx.save(model, tmp_path / "g.onnx")
-    for args in (["--calibration", "0"], ["--method", "gptq", "--method-opt", "damp=-1"]):
+    for args, msg in ((["--calibration", "0"], "--calibration must be an integer in 1..1000000"),
+                      (["--method", "gptq", "--method-opt", "damp=-1"], "damp must be in [0, 10]")):
         p = subprocess.run([sys.executable, "-m", "ganq", "quantize", str(tmp_path / "g.onnx"), "--bits", "3",
                             "--out", str(tmp_path / "q.onnx"), *args], capture_output=True, text=True)
-        assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], p.stderr
         assert not (tmp_path / "q.onnx").exists()
 
 

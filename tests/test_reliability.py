@@ -190,3 +190,73 @@ def test_zoo_names_are_names(tmp_path):
     with pytest.raises(GanqError, match="is a folder"):
         from ganq.quantize import load_model
         load_model(tmp_path)
+
+
+# --- signals: SIGINT and SIGKILL in the middle of the work ----------------------------------------------------
+
+def _ganq(*args, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "ganq", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for(cond, timeout=60.0):
+    import time
+
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_signal_during_quantize_leaves_nothing(tiny_onnx, tmp_path, sig):
+    """A slow quantize (adaround with many steps) stopped mid-solve: no output, no temp file; the rerun works."""
+    import signal
+    import time
+
+    out = tmp_path / "q.onnx"
+    p = _ganq("quantize", tiny_onnx, "--bits", "3", "--method", "adaround", "--method-opt", "steps=100000",
+              "--calibration", "64", "--out", out, cwd=tmp_path)
+    time.sleep(3.0)  # into the calibration and solve (the whole run would take many minutes)
+    assert p.poll() is None, p.communicate()
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    if sig == "SIGINT":
+        assert p.returncode == 130 and err.strip().splitlines() == ["error: interrupted; files already written are "
+                                                                    "complete"], err
+    else:
+        assert p.returncode == -signal.SIGKILL
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*")) and not list(tmp_path.glob("*.tmp"))
+    p = _ganq("quantize", tiny_onnx, "--bits", "3", "--method", "adaround", "--method-opt", "steps=20",
+              "--calibration", "64", "--out", out, cwd=tmp_path)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert out.exists()
+
+
+def test_sigkill_during_sweep_then_rerun_resumes(tiny_onnx, tiny_classifier, toy_data_root, tmp_path):
+    import signal
+
+    out = tmp_path / "sweep"
+    args = ("sweep", f"{tiny_onnx}@mnist", "--out", out, "--bits", "32,8,6,5,4,3,2", "--n", "60", "--no-speed",
+            "--features", tiny_classifier[0], "--data-root", toy_data_root)
+    p = _ganq(*args, cwd=tmp_path)
+    assert _wait_for(lambda: len(list((out / "cache").glob("*.npz"))) >= 2 or p.poll() is not None, 300)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    if p.returncode == 0:
+        pytest.skip("the sweep finished before it could be killed")
+    done = {c.name for c in (out / "cache").glob("*.npz")}
+    assert 2 <= len(done) < 7
+    p = _ganq(*args, cwd=tmp_path)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    cells = {c.name for c in (out / "cache").glob("*.npz")}
+    assert len(cells) == 7 and done <= cells
+    assert (out / "report.html").exists() or (out / "sweep.json").exists()
+    assert not list(out.glob("**/*.tmp")) and not list(out.glob("**/.*.tmp"))

@@ -116,6 +116,78 @@ def test_corrupt_checkpoint_on_resume(tmp_path):
     assert ckpt.read_bytes() == before
 
 
+@pytest.mark.parametrize("damage", ["garbage", "no-epoch-column", "bad-rows", "binary"])
+def test_damaged_losses_csv_on_resume(tmp_path, damage, capfd):
+    """losses.csv is a log: a damaged one loses its bad rows (one warning) and the resume goes on."""
+    root = make_idx_root(tmp_path / "data", n_train=64)
+    train(_cfg(), tmp_path / "run", data_root=root)
+    log = tmp_path / "run" / "losses.csv"
+    good = log.read_text()
+    log.write_bytes({"garbage": b"%%%\n,,,\n", "no-epoch-column": b"a,b\n1,2\n",
+                     "bad-rows": (good + "x,1,2\n2,,,,,,,\n").encode(), "binary": bytes(range(256))}[damage])
+    capfd.readouterr()
+    row = train(_cfg(epochs=2), tmp_path / "run", data_root=root, resume=True)
+    assert row["epoch"] == 2
+    assert "warning:" in capfd.readouterr().err
+    rows = list(csv.DictReader(open(log)))
+    assert rows[-1]["epoch"] == "2" and ([r["epoch"] for r in rows] == ["1", "2"] if damage == "bad-rows" else True)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "wrong-fields"])
+def test_damaged_run_json_on_resume_uses_the_checkpoint(tmp_path, damage, capfd):
+    root = make_idx_root(tmp_path / "data", n_train=64)
+    train(_cfg(), tmp_path / "run", data_root=root)
+    run_json = tmp_path / "run" / "run.json"
+    if damage == "missing":
+        run_json.unlink()
+    else:
+        run_json.write_text({"garbage": "{not json", "wrong-fields": '{"ganq": "run", "config": {"x": 1}}'}[damage])
+    capfd.readouterr()
+    assert train(_cfg(epochs=2), tmp_path / "run", data_root=root, resume=True)["epoch"] == 2
+    assert "using the settings stored in checkpoint.pt" in capfd.readouterr().err
+    assert json.loads(run_json.read_text())["config"]["epochs"] == 2  # rewritten whole
+    # both gone: one clear error
+    run_json.write_text("{")
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    with pytest.raises(GanqError, match="nothing to resume|missing or damaged"):
+        train(_cfg(epochs=3), tmp_path / "run", data_root=root, resume=True)
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("generator", "weights", "generator is not a dict of tensors"),
+    ("discriminator", {"w": 1.0}, "discriminator is not a dict of tensors"),
+    ("optimizers", {"g": [], "d": {}}, "optimizers is not"),
+    ("epoch", "3", "epoch is '3'"), ("epoch", -1, "epoch is -1"), ("epoch", True, "epoch is True"),
+    ("rng", {"torch": [1, 2]}, "rng has no torch generator state"),
+    ("spec", [1], "spec is not an object"), ("config", None, "config is not an object"),
+    ("generator_ema", {"w": "x"}, "generator_ema is not")])
+def test_checkpoint_fields_with_wrong_types(tmp_path, field, value, msg):
+    root = make_idx_root(tmp_path / "data", n_train=64)
+    train(_cfg(), tmp_path / "run", data_root=root)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state[field] = value
+    torch.save(state, ckpt)
+    with pytest.raises(GanqError, match=msg):
+        checkpoint.load(ckpt)
+    with pytest.raises(GanqError, match=msg):
+        train(_cfg(epochs=2), tmp_path / "run", data_root=root, resume=True)
+
+
+def test_checkpoint_weights_of_the_wrong_shape(tmp_path):
+    root = make_idx_root(tmp_path / "data", n_train=64)
+    train(_cfg(), tmp_path / "run", data_root=root)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    k = next(iter(state["generator"]))
+    state["generator"][k] = torch.zeros(3, 3, 3)
+    torch.save(state, ckpt)
+    with pytest.raises(GanqError, match="does not fit"):
+        train(_cfg(epochs=2), tmp_path / "run", data_root=root, resume=True)
+    with pytest.raises(GanqError, match="do not fit architecture"):
+        checkpoint.load_generator(ckpt)
+
+
 def test_resume_with_other_settings_refused(tmp_path):
     root = make_idx_root(tmp_path / "data", n_train=64)
     train(_cfg(), tmp_path / "run", data_root=root)

@@ -220,6 +220,15 @@ def _render_quant(r: dict) -> None:
                              [[f"{r['params_quantized']:,}", f"{r['params_float']:,}", _size(r["bytes_fp32"]),
                                _size(r["bytes_ideal"]), _size(r["bytes_file"]), _size(r["bytes_gzip"]),
                                f"{r['ratio_to_fp32']:.3f}"]]))
+    cal = r.get("calibration")
+    if cal:
+        kinds = [c["kind"] for t in r["tensors"] for c in t.get("corrected", [])]
+        fixed = (f"; {kinds.count('bn_mean')} BatchNorm re-estimated, "
+                 f"{kinds.count('bias') + kinds.count('bias_added')} biases corrected") if cal["recalibrate_bn"] else ""
+        sec = r.get("seconds", {})
+        out_console.print(f"calibration: {cal['latents']:,} latents (seed {cal['seed']}), {cal['forward_passes']} "
+                          f"forward passes, {sec.get('calibrate', 0):.1f} s calibrating + {sec.get('solve', 0):.1f} s "
+                          f"solving{fixed}", highlight=False)
     out_console.print(f"wrote {r['out']} ({r['bytes_file'] / r['bytes_fp32']:.3f} of fp32)", highlight=False)
 
 

@@ -218,6 +218,8 @@ class Calibrator:
     def _session(self, outputs: list[str]):
         import onnxruntime as ort
 
+        from ganq.runtime import session_options
+
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
         for init in m.graph.initializer:
@@ -225,10 +227,7 @@ class Calibrator:
                 init.CopyFrom(numpy_helper.from_array(self.weights[init.name].astype(np.float32), init.name))
         del m.graph.output[:]
         m.graph.output.extend([onnx.ValueInfoProto(name=o) for o in outputs])
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
+        opts = session_options(self.threads)
         return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def batches(self, outputs: list[str], batch: int):

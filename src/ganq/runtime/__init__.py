@@ -19,6 +19,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 def session_options(threads: int | None = None):
     import onnxruntime as ort
 
+    ort.disable_telemetry_events()  # no effect on Linux, where import already writes its device-id file (README)
     so = ort.SessionOptions()
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     if threads is not None:

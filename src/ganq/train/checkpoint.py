@@ -33,8 +33,39 @@ def load(path: str | Path) -> dict:
         raise GanqError(f"{path}: not a readable ganq checkpoint ({first[:200]})") from None
     if not isinstance(state, dict) or any(k not in state for k in KEYS):
         raise GanqError(f"{path}: not a ganq checkpoint (expected keys {', '.join(KEYS)})")
+    _check_types(path, state)
     GeneratorSpec.from_dict(state["spec"])
     return state
+
+
+def _tensors(x) -> bool:
+    return isinstance(x, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in x.items())
+
+
+def _check_types(path: Path, state: dict) -> None:
+    """Every field of a checkpoint has the type the trainer and exporter read (weights_only already kept code out)."""
+    problems = []
+    if not isinstance(state["spec"], dict):
+        problems.append("spec is not an object")
+    if not isinstance(state["config"], dict):
+        problems.append("config is not an object")
+    for k in ("generator", "discriminator"):
+        if not _tensors(state[k]):
+            problems.append(f"{k} is not a dict of tensors")
+    if "generator_ema" in state and state["generator_ema"] is not None and not _tensors(state["generator_ema"]):
+        problems.append("generator_ema is not a dict of tensors")
+    opts = state["optimizers"]
+    if not isinstance(opts, dict) or not all(isinstance(opts.get(k), dict) and isinstance(opts[k].get("state"), dict)
+                                             and isinstance(opts[k].get("param_groups"), list) for k in ("g", "d")):
+        problems.append("optimizers is not {g, d} optimizer states")
+    e = state["epoch"]
+    if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e <= 10 ** 6:
+        problems.append(f"epoch is {e!r}, not an integer in 0..1000000")
+    rng = state["rng"]
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor) or rng["torch"].dtype != torch.uint8:
+        problems.append("rng has no torch generator state")
+    if problems:
+        raise GanqError(f"{path}: not a valid ganq checkpoint ({'; '.join(problems)})")
 
 
 def resolve(path: str | Path) -> Path:
@@ -63,7 +94,7 @@ def load_generator(path: str | Path, ema: bool = False):
         weights = state["generator_ema"]
     try:
         g.load_state_dict(weights)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:
         raise GanqError(f"{path}: generator weights do not fit architecture {spec.arch} ({str(e)[:160]})") from None
     g.eval()
     return g, spec, state

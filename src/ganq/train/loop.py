@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ganq import __version__
 from ganq import data as gdata
 from ganq._io import atomic_path, write_text_atomic
-from ganq.errors import GanqError, check_range
+from ganq.errors import GanqError, check_range, warn
 from ganq.spec import GeneratorSpec
 from ganq.train import checkpoint
 from ganq.train.archs import build, check_fits
@@ -133,7 +133,7 @@ def is_run(folder: Path) -> bool:
 def prepare_out(out: Path, resume: bool, force: bool) -> None:
     """Refuse to write into a folder that holds something else, unless --force."""
     if resume:
-        if not is_run(out):
+        if not is_run(out) and not (out / "checkpoint.pt").is_file():
             raise GanqError(f"{out}: nothing to resume (no ganq run here)")
         return
     if out.exists() and not out.is_dir():
@@ -178,10 +178,46 @@ def _write_losses(path: Path, rows: list[dict]) -> None:
 
 
 def _read_losses(path: Path, up_to_epoch: int) -> list[dict]:
+    """The logged rows up to up_to_epoch; rows that do not parse are dropped with one warning (losses.csv is a log:
+    the model is in the checkpoint, so a damaged log never stops a resume)."""
     if not path.exists():
         return []
-    with open(path, newline="") as fh:
-        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= up_to_epoch]
+    rows, bad = [], 0
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                try:
+                    e = int(r.get("epoch") or "")
+                    ok = all(r.get(c) not in (None, "") for c in LOSS_COLUMNS)
+                except (ValueError, TypeError):
+                    ok = False
+                if not ok:
+                    bad += 1
+                elif e <= up_to_epoch:
+                    rows.append({c: r[c] for c in LOSS_COLUMNS})
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        warn(f"{path}: unreadable ({type(e).__name__}); the earlier epochs' losses are dropped from the log, "
+             "training resumes")
+        return []
+    if bad:
+        warn(f"{path}: {bad} damaged row(s) dropped from the log; training resumes")
+    return rows
+
+
+def _saved_config(out: Path, state) -> "TrainConfig":
+    """The run's settings: run.json, or (when it is missing or damaged) the checkpoint's copy of them."""
+    try:
+        return TrainConfig(**json.loads((out / RUN_FILE).read_text())["config"])
+    except Exception as e:  # missing, not JSON, not an object, unknown or out-of-range fields: many types
+        if state is None:
+            raise GanqError(f"{out}: {RUN_FILE} is missing or damaged and there is no checkpoint to resume from"
+                            ) from None
+        why = str(e).splitlines()[0][:80] if isinstance(e, GanqError) else type(e).__name__
+        warn(f"{out / RUN_FILE}: missing or damaged ({why}); using the settings stored in checkpoint.pt")
+        try:
+            return TrainConfig(**state["config"])
+        except Exception:
+            raise GanqError(f"{out}: neither {RUN_FILE} nor checkpoint.pt hold readable run settings") from None
 
 
 def train(config: TrainConfig, out: str | Path, resume: bool = False, force: bool = False, device: str = "auto",
@@ -226,7 +262,7 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
     state = None
     if resume:
         state = checkpoint.load(out / "checkpoint.pt") if (out / "checkpoint.pt").exists() else None
-        saved = TrainConfig(**json.loads((out / RUN_FILE).read_text())["config"])
+        saved = _saved_config(out, state)
         diff = saved.same_run(config)
         if diff == ["nproc"]:
             raise GanqError(f"{out}: the run was trained with {saved.nproc} process(es); resume it with the same "
@@ -262,16 +298,25 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
     if state is not None:
         if state["spec"] != spec.to_dict():
             raise GanqError(f"{out}: checkpoint's generator spec differs from this data set's")
-        g.load_state_dict(state["generator"])
-        d.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["optimizers"]["g"])
-        opt_d.load_state_dict(state["optimizers"]["d"])
+        try:
+            g.load_state_dict(state["generator"])
+            d.load_state_dict(state["discriminator"])
+            opt_g.load_state_dict(state["optimizers"]["g"])
+            opt_d.load_state_dict(state["optimizers"]["d"])
+        except (RuntimeError, TypeError, ValueError, KeyError, IndexError) as e:
+            raise GanqError(f"{out}: checkpoint.pt does not fit this run's networks "
+                            f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})"
+                            ) from None
         start_epoch = int(state["epoch"])
         if ema is not None:
             if "generator_ema" not in state:
                 raise GanqError(f"{out}: checkpoint has no generator EMA to resume")
             ema.load(state["generator_ema"])
-        torch.set_rng_state(state["rng"]["torch"])
+        try:
+            torch.set_rng_state(state["rng"]["torch"])
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise GanqError(f"{out}: checkpoint.pt holds a damaged random-generator state ({type(e).__name__})"
+                            ) from None
         if dev.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
 
