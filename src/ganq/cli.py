@@ -462,9 +462,10 @@ def convert_features(kind: Annotated[str, typer.Argument(help="inception, vgg16 
         f"parity with torch-fidelity: relative max |diff| {r['parity_rel_diff']:.2e}", highlight=False))
 
 
-METRIC_ROWS = [("inception_score", "Inception Score"), ("fid", "FID"), ("kid", "KID"), ("precision", "precision"),
-               ("recall", "recall"), ("realism_precision", "realism precision"),
-               ("realism_recall", "realism recall"), ("density", "density"), ("coverage", "coverage")]
+def _metric_rows():
+    from ganq.evaluate.catalogue import METRICS
+
+    return [(m.name, m.label) for m in METRICS.values()]
 
 
 @app.command()
@@ -516,7 +517,7 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
     def render(r):
         rows = [[label, "-" if r[key] is None else f"{r[key]:.4f}" + (
                     f" ± {r['inception_score_std']:.4f}" if key == "inception_score" else "")]
-                for key, label in METRIC_ROWS]
+                for key, label in _metric_rows()]
         if r["inception_score_real"] is not None:
             rows.append(["IS of the real images", f"{r['inception_score_real']:.4f}"])
         out_console.print(_table(f"{r['model']} vs {r['dataset']} ({n} + {n}, {Path(r['features']).name})",
@@ -546,7 +547,7 @@ def metrics_cmd(fake: Annotated[Path, typer.Argument(help="Generated features, .
     res = metrics_from_arrays(f, r, lf, lr, opts)
 
     def render(x):
-        rows = [[label, "-" if x[key] is None else f"{x[key]:.4f}"] for key, label in METRIC_ROWS]
+        rows = [[label, "-" if x[key] is None else f"{x[key]:.4f}"] for key, label in _metric_rows()]
         out_console.print(_table(f"{fake.name} vs {real.name} ({x['n_fake']} + {x['n_real']}, k={k})",
                                  ["metric", "value"], rows))
     _emit(res, as_json, render)

@@ -8,12 +8,11 @@ from pathlib import Path
 
 from ganq._io import write_text_atomic
 
-COLUMNS = [("bits", "bits", "{}"), ("inception_score", "IS", "{:.3f}"), ("fid", "FID", "{:.2f}"), ("kid", "KID", "{:.4f}"),
-           ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
-           ("realism_precision", "realism P", "{:.3f}"), ("realism_recall", "realism R", "{:.3f}"),
-           ("density", "density", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
-           ("bytes_file", "file bytes", "{:,}"), ("bytes_ideal", "ideal bytes", "{:,}"),
-           ("images_per_s", "img/s (b64)", "{:,.0f}")]
+from ganq.evaluate.catalogue import METRICS
+
+COLUMNS = ([("bits", "bits", "{}")] + [(m.name, m.short, m.fmt) for m in METRICS.values()]
+           + [("bytes_file", "file bytes", "{:,}"), ("bytes_ideal", "ideal bytes", "{:,}"),
+              ("images_per_s", "img/s (b64)", "{:,.0f}")])
 
 
 def _cell(r, key, fmt):
