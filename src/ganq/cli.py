@@ -249,8 +249,10 @@ def _method_options(method_opt: list[str] | None) -> tuple:
 @app.command(epilog="Methods (--method):\n\n" + _methods_help(), rich_help_panel=None)
 @handles_errors
 def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or zoo:NAME)")],
-             bits: Annotated[int, typer.Option(help="1..16; 32 leaves the weights float")],
              out: Annotated[Path, typer.Option(help="Output .onnx")],
+             bits: Annotated[Optional[int], typer.Option(
+                 help="1..16; 32 leaves the weights float (or let --target/--budget/--avg-bits choose per layer)")
+             ] = None,
              method: Annotated[str, typer.Option(help="Quantization method (listed below)")] = "minmax",
              method_opt: Annotated[Optional[list[str]], typer.Option(
                  help="KEY=VALUE option of the method, repeatable (e.g. prior=gaussian for aciq)")] = None,
@@ -273,13 +275,43 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
              recalibrate_bn: Annotated[bool, typer.Option(
                  "--recalibrate-bn", help="After each layer: re-estimate the BatchNorm after it through the "
                                           "quantized graph, or correct its bias (any method)")] = False,
+             target: Annotated[Optional[str], typer.Option(
+                 help="Mixed precision: METRIC=RATIO of fp32, e.g. fid=1.10 (FID at most +10%) or precision=0.95")
+             ] = None,
+             budget: Annotated[Optional[str], typer.Option(
+                 help="Mixed precision: the best quality within a file size, e.g. 350KiB")] = None,
+             avg_bits: Annotated[Optional[float], typer.Option(
+                 help="Mixed precision: the best quality within an average width")] = None,
+             bits_choices: Annotated[str, typer.Option(help="Widths mixed precision chooses from")] = "2,3,4,5,6,8",
+             proxy_n: Annotated[int, typer.Option(
+                 help="Images per per-layer sensitivity score (mixed precision), 100..100000")] = 2000,
+             verify_n: Annotated[int, typer.Option(
+                 help="Images (generated and real) verifying the mixed plan, 10..1000000")] = 10000,
+             max_rounds: Annotated[int, typer.Option(
+                 help="Re-verifications after widening the most sensitive layer, 0..20")] = 3,
+             dataset: Annotated[Optional[str], typer.Option(
+                 help="Real data for mixed precision (default: the model's spec)")] = None,
+             data_root: DataRoot = None,
              force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
-    """Quantize a generator's weights to k bits with a method; print the size report."""
+    """Quantize a generator's weights to k bits with a method (or per layer by a GAN metric); print the report."""
     from ganq.quantize import QuantizeOptions, quantize_file
     from ganq.quantize.plan import parse_tensor_bits
     from ganq.runtime import resolve_model
 
+    mixed = None
+    if target is not None or budget is not None or avg_bits is not None:
+        from ganq.mixed import MixedOptions
+        from ganq.report import parse_bits
+
+        if bits is not None or tensor_bits or plan:
+            raise GanqError("--target/--budget/--avg-bits choose the bits themselves: drop --bits, --tensor-bits "
+                            "and --plan")
+        mixed = MixedOptions(target=target, budget=budget, avg_bits=avg_bits, bits_choices=parse_bits(bits_choices),
+                             proxy_n=proxy_n, verify_n=verify_n, max_rounds=max_rounds)
+        bits = mixed.bits_choices[0]
+    elif bits is None:
+        raise GanqError("give --bits (or --target, --budget or --avg-bits for per-layer widths)")
     opts = QuantizeOptions(bits=bits, method=method, method_opts=_method_options(method_opt),
                            granularity=granularity, format=format, fold_bn=fold_bn, include_bias=include_bias,
                            tensor_bits=parse_tensor_bits(tensor_bits or []),
@@ -292,10 +324,56 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     if Path(out).resolve() == Path(src).resolve():
         raise GanqError(f"{out}: is the input model; write the quantized model elsewhere")
     check_out(out, force, [src])
+    if mixed is not None:
+        _mixed(src, out, opts, mixed, dataset, data_root, as_json)
+        return
     report = quantize_file(src, out, opts)
     for note in report.get("notes", []):
         err_console.print(f"note: {note}", markup=False, highlight=False)
     _emit(report, as_json, _render_quant)
+
+
+def _mixed(src, out, opts, mixed, dataset, data_root, as_json) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ganq.mixed import mixed_quantize
+
+    n_layers = _count_weights(src)
+    total = 1 + n_layers * len(mixed.bits_choices) + 2 + mixed.max_rounds + len(mixed.bits_choices)
+    with Progress(TextColumn("mixed precision: {task.fields[now]}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("mixed", total=total, now="sensitivity")
+        r = mixed_quantize(src, out, opts, mixed, dataset=dataset, data_root=data_root,
+                           progress=lambda what, done=1: bar.update(task, advance=done, now=what))
+
+    def render(r):
+        widths = r["bits_choices"]
+        rows = [[x["tensor"], x["op"], f"{x['params']:,}"] + [f"{x['by_bits'][b]['loss']:.2f}" for b in widths]
+                + [x["chosen_bits"], _size(x["by_bits"][x["chosen_bits"]]["bytes"])] for x in r["layers"]]
+        out_console.print(_table(f"per-layer {r['metric']} loss against fp32 on {r['proxy_n']:,} images (each layer "
+                                 "alone at each width), and the chosen widths",
+                                 ["tensor", "op", "params"] + [f"{b} bits" for b in widths] + ["chosen", "bytes"],
+                                 rows))
+        f = r["fp32"]
+        urows = [["fp32", "-", _size(4 * sum(x["params"] for x in r["layers"])), f"{f['fid']:.2f}",
+                  f"{f['precision']:.3f}", f"{f['recall']:.3f}", "-"],
+                 [f"mixed ({r['avg_bits']:.2f} bits avg)", "", _size(r["bytes_file"]), f"{r['verified']['fid']:.2f}",
+                  f"{r['verified']['precision']:.3f}", f"{r['verified']['recall']:.3f}", "yes"]]
+        urows += [[f"uniform {u['bits']}-bit", "", _size(u["bytes_file"]), f"{u['fid']:.2f}",
+                   f"{u['precision']:.3f}", f"{u['recall']:.3f}", "yes" if u["meets"] else "no"] for u in r["uniform"]]
+        goal = r["target"] or (f"budget {r['budget_bytes']:,} B" if r["budget_bytes"] else f"{r['avg_bits_limit']} bits")
+        out_console.print(_table(f"verified on {r['verify_n']:,} + {r['verify_n']:,} images ({goal})",
+                                 ["plan", "", "file", "FID", "precision", "recall", "meets"], urows))
+        out_console.print(f"wrote {r['out']} and {r['plan_file']} ({len(r['rounds'])} verification(s))",
+                          highlight=False)
+    _emit(r, as_json, render)
+
+
+def _count_weights(src) -> int:
+    from ganq.quantize import load_model
+    from ganq.quantize.select import find_targets
+
+    return sum(1 for t in find_targets(load_model(src, external_data=False)) if t.role == "weight")
 
 
 @app.command("app")

@@ -1,0 +1,286 @@
+"""Mixed precision by GAN quality: per-layer bit widths chosen by a GAN metric, written as one k-bit file.
+
+    ganq quantize zoo:fashion-mnist-cnn3 --target fid=1.10 --bits-choices 2,3,4,5,6,8 --out m.onnx
+
+1. sensitivity: each weight tensor alone at each candidate width (the others fp32), scored on a small seeded set
+   (`proxy_n` generated + real images, the same `evaluate` as `ganq evaluate`): the loss against fp32 of the target
+   metric (FID up, precision down, ...), clamped at 0 (a layer that "improves" the metric is noise, not a gift);
+2. allocation: the layers' losses are taken as additive; an exact Pareto dynamic programme over (size, loss) finds
+   the fewest bytes whose predicted loss stays within the target's allowance (or the least loss within --budget
+   bytes / --avg-bits);
+3. verification with the full metric (`verify_n` + `verify_n`); a plan that misses the target gets its most
+   sensitive layer one width wider and is verified again, at most `max_rounds` times.
+
+Cost: (layers x widths) proxy evaluations + 1 fp32 and up to 1 + max_rounds full ones, + the uniform plans the
+result is compared with (from the narrowest width up to the first that meets the target).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ganq.errors import GanqError, check_range
+from ganq.evaluate.catalogue import TARGETS, metric
+
+SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(B|KB|KIB|MB|MIB|K|M)?\s*$", re.I)
+UNITS = {None: 1, "B": 1, "K": 1024, "KB": 1000, "KIB": 1024, "M": 1024 ** 2, "MB": 1000 ** 2, "MIB": 1024 ** 2}
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """'fid=1.10' -> ('fid', 1.10): FID at most 1.10 x fp32's; 'precision=0.95': at least 0.95 x fp32's."""
+    name, sep, value = str(text).partition("=")
+    name = name.strip().lower()
+    if not sep:
+        raise GanqError(f"--target must be METRIC=RATIO (e.g. fid=1.10, precision=0.95), got {text!r}")
+    if name not in TARGETS:
+        raise GanqError(f"--target: unknown metric {name!r}; choose one of {', '.join(TARGETS)}")
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise GanqError(f"--target {text}: RATIO must be a number") from None
+    m = metric(name)
+    if m.higher_is_better:
+        check_range(f"--target {name}", ratio, 0.01, 1.0, integer=False)
+    else:
+        check_range(f"--target {name}", ratio, 1.0, 100.0, integer=False)
+    return name, ratio
+
+
+def parse_size(text: str) -> int:
+    """'350KiB', '1.5MiB', '400000', '350KB' -> bytes."""
+    m = SIZE.match(str(text))
+    if not m:
+        raise GanqError(f"--budget must be a size like 350KiB, 1.5MiB or 400000 (bytes), got {text!r}")
+    n = int(float(m.group(1)) * UNITS[(m.group(2) or "B").upper() if m.group(2) else None])
+    return check_range("--budget (bytes)", n, 1, 2 ** 40)
+
+
+@dataclass(frozen=True)
+class MixedOptions:
+    """One of target / budget / avg_bits; the candidate widths; the proxy and verification sizes."""
+
+    target: str | None = None
+    budget: str | None = None
+    avg_bits: float | None = None
+    bits_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    proxy_n: int = 2000
+    verify_n: int = 10000
+    max_rounds: int = 3
+    seed: int = 0
+    metric: str = field(default="fid", init=False)
+    ratio: float | None = field(default=None, init=False)
+    budget_bytes: int | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        given = [x is not None for x in (self.target, self.budget, self.avg_bits)]
+        if sum(given) != 1:
+            raise GanqError("mixed precision takes exactly one of --target, --budget and --avg-bits")
+        choices = tuple(self.bits_choices)
+        if not choices or len(set(choices)) != len(choices):
+            raise GanqError(f"--bits-choices must list distinct widths, got {','.join(map(str, choices))}")
+        for b in choices:
+            check_range("--bits-choices", b, 1, 16)
+        object.__setattr__(self, "bits_choices", tuple(sorted(choices)))
+        check_range("--proxy-n", self.proxy_n, 100, 100_000)
+        check_range("--verify-n", self.verify_n, 10, 1_000_000)
+        check_range("--max-rounds", self.max_rounds, 0, 20)
+        if self.target is not None:
+            name, ratio = parse_target(self.target)
+            object.__setattr__(self, "metric", name)
+            object.__setattr__(self, "ratio", ratio)
+        if self.budget is not None:
+            object.__setattr__(self, "budget_bytes", parse_size(self.budget))
+        if self.avg_bits is not None:
+            check_range("--avg-bits", self.avg_bits, min(choices), max(choices), integer=False)
+
+
+# --- allocation --------------------------------------------------------------------------------------------------
+
+def pareto(options: list[list[tuple[float, float]]]) -> list[tuple[float, float, tuple[int, ...]]]:
+    """Exact Pareto front of sum-of-(size, loss) over one option per layer: [(size, loss, choice per layer)], by
+    size ascending with loss strictly descending. options[l][j] = (size, loss) of layer l at choice j."""
+    front: list[tuple[float, float, tuple[int, ...]]] = [(0.0, 0.0, ())]
+    for layer in options:
+        cand = [(s + ls, c + lc, idx + (j,)) for s, c, idx in front for j, (ls, lc) in enumerate(layer)]
+        cand.sort(key=lambda t: (t[0], t[1]))
+        front, best = [], float("inf")
+        for t in cand:
+            if t[1] < best - 1e-12:
+                front.append(t)
+                best = t[1]
+    return front
+
+
+def choose(front, max_size: float | None = None, max_loss: float | None = None):
+    """The fewest-size point within max_loss, or the least-loss point within max_size; None if none fits."""
+    if max_loss is not None:
+        ok = [t for t in front if t[1] <= max_loss + 1e-12]
+        return min(ok, key=lambda t: (t[0], t[1])) if ok else None
+    ok = [t for t in front if t[0] <= max_size]
+    return min(ok, key=lambda t: (t[1], t[0])) if ok else None
+
+
+# --- the search ----------------------------------------------------------------------------------------------------
+
+def _loss(name: str, value: float, fp32: float) -> float:
+    m = metric(name)
+    return max(0.0, (fp32 - value) if m.higher_is_better else (value - fp32))
+
+
+def _meets(name: str, value: float, fp32: float, ratio: float) -> bool:
+    m = metric(name)
+    return value >= ratio * fp32 if m.higher_is_better else value <= ratio * fp32
+
+
+def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, features=None, data_root=None,
+                   progress=None) -> dict:
+    """Quantize src into out with per-tensor bits chosen by `mixed` (options: method, granularity, format, ...).
+    Returns the report: the per-layer table, the chosen plan, verified metrics, the uniform plans compared."""
+    from dataclasses import replace
+
+    from ganq.evaluate import EvalOptions, evaluate
+    from ganq.quantize import load_model, make_plan, quantize_file
+    from ganq.quantize.plan import FLOAT_BITS, Plan, TensorPlan
+
+    tick = progress or (lambda what, done=1: None)
+    model = load_model(src)
+    base = make_plan(model, mixed.bits_choices[0], options.method_config, options.granularity, options.include_bias)
+    layers = [t for t in base.tensors if t.target.role == "weight"]
+    if not layers:
+        raise GanqError(f"{src}: no quantizable weights")
+    for b in mixed.bits_choices:
+        options.method_config.check_bits(b)
+    proxy = EvalOptions(n=mixed.proxy_n, seed=mixed.seed, kid_subset_size=min(1000, mixed.proxy_n))
+    full = EvalOptions(n=mixed.verify_n, seed=mixed.seed, kid_subset_size=min(1000, mixed.verify_n))
+
+    def plan_of(bits_by_name: dict[str, int]) -> Plan:
+        return Plan(tuple(TensorPlan(t.target, bits_by_name.get(t.target.name, FLOAT_BITS), t.method, t.granularity)
+                          for t in base.tensors if t.target.role == "weight"))
+
+    with tempfile.TemporaryDirectory(prefix="ganq-mixed-") as tmp:
+        tmp = Path(tmp)
+
+        def build(bits_by_name, name):
+            path = tmp / f"{name}.onnx"
+            plan = plan_of(bits_by_name)
+            if all(t.bits == FLOAT_BITS for t in plan.tensors):
+                return path, quantize_file(src, path, replace(options, bits=FLOAT_BITS, format="fake", tensor_bits=(),
+                                                              plan_file=None), Plan(()))
+            return path, quantize_file(src, path, options, plan)
+
+        def run(bits_by_name, opts: EvalOptions, name="p"):
+            path, rep = build(bits_by_name, name)
+            return rep, evaluate(path, dataset, features, opts, data_root)
+
+        name = mixed.metric
+        # sizes first (quantize only), so that an impossible budget is refused before any evaluation
+        fp32_path, fp32_rep = build({}, "fp32")
+        table = []
+        for i, t in enumerate(layers):
+            row = {"tensor": t.target.name, "op": t.target.op_type, "params": None, "by_bits": {}}
+            for b in mixed.bits_choices:
+                path, rep = build({t.target.name: b}, f"l{i}-{b}")
+                tr = next(r for r in rep["tensors"] if r["tensor"] == t.target.name)
+                row["params"] = tr["params"]
+                row["by_bits"][b] = {"bytes": tr["bytes_stored"], "file": path}
+            table.append(row)
+        fixed = fp32_rep["bytes_file"] - sum(4 * r["params"] for r in table)
+        total_params = sum(r["params"] for r in table)
+        if mixed.avg_bits is not None:
+            size = lambda r, b: b * r["params"]  # noqa: E731  bit-params
+            limit = mixed.avg_bits * total_params
+        else:
+            size = lambda r, b: r["by_bits"][b]["bytes"]  # noqa: E731
+            limit = None if mixed.budget_bytes is None else mixed.budget_bytes - fixed
+        if limit is not None and sum(size(r, mixed.bits_choices[0]) for r in table) > limit:
+            smallest = sum(size(r, mixed.bits_choices[0]) for r in table)
+            what = (f"{smallest / total_params:.2f} average bits" if mixed.avg_bits is not None
+                    else f"about {smallest + fixed:,.0f} bytes")
+            raise GanqError(f"the budget is below the smallest plan over --bits-choices ({what}); widen the "
+                            "budget or add narrower widths")
+        fp32_proxy = evaluate(fp32_path, dataset, features, proxy, data_root)
+        tick("sensitivity")
+        for row in table:
+            for b in mixed.bits_choices:
+                ev = evaluate(row["by_bits"][b].pop("file"), dataset, features, proxy, data_root)
+                row["by_bits"][b].update({"proxy": ev[name], "loss": _loss(name, ev[name], fp32_proxy[name])})
+                tick("sensitivity")
+        opts_per_layer = [[(size(r, b), r["by_bits"][b]["loss"]) for b in mixed.bits_choices] for r in table]
+        front = pareto(opts_per_layer)
+        full_fp32 = evaluate(fp32_path, dataset, features, full, data_root)
+        tick("verify")
+        if mixed.target is not None:
+            allowance = (abs(mixed.ratio - 1.0)) * fp32_proxy[name]
+            pick = choose(front, max_loss=allowance)
+            if pick is None:  # cannot happen with clamped losses (all-widest has the least loss), but be exact
+                raise GanqError(f"no plan over --bits-choices reaches {mixed.target} by the proxy")
+        else:
+            pick = choose(front, max_size=limit)
+        choice = [mixed.bits_choices[j] for j in pick[2]]
+        rounds = []
+        for attempt in range(mixed.max_rounds + 1):
+            bits = {r["tensor"]: b for r, b in zip(table, choice)}
+            rep, ev = run(bits, full, "mixed")
+            tick("verify")
+            ok = mixed.target is None or _meets(name, ev[name], full_fp32[name], mixed.ratio)
+            if mixed.budget_bytes is not None and rep["bytes_file"] > mixed.budget_bytes:
+                ok = False
+            rounds.append({"bits": dict(bits), name: ev[name], "bytes_file": rep["bytes_file"], "meets": ok})
+            if ok or mixed.target is None or attempt == mixed.max_rounds:
+                break
+            # raise the most sensitive layer that can still widen, by its loss at the chosen width
+            cand = [(r["by_bits"][b]["loss"], i) for i, (r, b) in enumerate(zip(table, choice))
+                    if b != mixed.bits_choices[-1]]
+            if not cand:
+                break
+            _, i = max(cand)
+            choice[i] = mixed.bits_choices[mixed.bits_choices.index(choice[i]) + 1]
+        if not rounds[-1]["meets"]:
+            got = rounds[-1]
+            if mixed.target is not None:
+                raise GanqError(f"the verified plan misses {mixed.target}: {name} {got[name]:.3f} against the fp32 "
+                                f"{full_fp32[name]:.3f} x {mixed.ratio} after {len(rounds)} verification(s); widen "
+                                "--bits-choices or --max-rounds")
+            raise GanqError(f"the plan's file is {got['bytes_file']:,} bytes, over the budget "
+                            f"{mixed.budget_bytes:,}; give a larger budget")
+        final = rep  # the last verified file, tmp/mixed.onnx
+        # uniform plans to compare with: from the narrowest width up to the first that meets the target
+        uniform = []
+        for b in mixed.bits_choices:
+            urep, uev = run({r["tensor"]: b for r in table}, full, f"u{b}")
+            uniform.append({"bits": b, "bytes_file": urep["bytes_file"],
+                            **{k: uev[k] for k in ("fid", "precision", "recall", "inception_score")},
+                            "meets": (mixed.target is None or _meets(name, uev[name], full_fp32[name], mixed.ratio))})
+            tick("uniform")
+            if mixed.target is not None and uniform[-1]["meets"]:
+                break
+            if mixed.target is None and urep["bytes_file"] > rounds[-1]["bytes_file"]:
+                break
+        from ganq._io import atomic_path
+
+        chosen = rounds[-1]["bits"]
+        plan_file = Path(str(out) + ".plan.json")
+        with atomic_path(plan_file) as dst:
+            dst.write_text(plan_of(chosen).to_json() + "\n")
+        with atomic_path(out) as dst:
+            dst.write_bytes((tmp / "mixed.onnx").read_bytes())
+    for r in table:
+        r["chosen_bits"] = chosen[r["tensor"]]
+    avg = sum(chosen[r["tensor"]] * r["params"] for r in table) / total_params
+    return {"out": str(out), "source": str(src), "metric": name, "target": mixed.target, "ratio": mixed.ratio,
+            "budget_bytes": mixed.budget_bytes, "avg_bits_limit": mixed.avg_bits,
+            "bits_choices": list(mixed.bits_choices), "proxy_n": mixed.proxy_n, "verify_n": mixed.verify_n,
+            "fp32": {k: full_fp32[k] for k in ("fid", "precision", "recall", "inception_score")},
+            "fp32_proxy": fp32_proxy[name], "bytes_fixed": fixed, "layers": table, "rounds": rounds, "avg_bits": avg,
+            "bytes_file": final["bytes_file"], "verified": {k: ev[k] for k in ("fid", "precision", "recall",
+                                                                                 "inception_score")},
+            "uniform": uniform, "plan": json.loads(plan_of(chosen).to_json()), "plan_file": str(plan_file),
+            "method": options.method,
+            "granularity": options.granularity, "format": options.format}
+
+
+__all__ = ["MixedOptions", "mixed_quantize", "pareto", "choose", "parse_target", "parse_size"]

@@ -1,0 +1,102 @@
+"""Mixed precision: the allocation against brute force on synthetic sensitivity tables with known optima, option
+checks, and the whole search on the tiny trained generator (toy data, toy classifier)."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ganq.errors import GanqError
+from ganq.mixed import MixedOptions, choose, pareto, parse_size, parse_target
+
+layer = st.lists(st.tuples(st.integers(1, 1000), st.floats(0, 50, allow_nan=False)), min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(layer, min_size=1, max_size=4), st.floats(0, 120), st.integers(1, 4000))
+def test_pareto_choice_equals_brute_force(options, max_loss, max_size):
+    front = pareto(options)
+    combos = [(sum(options[i][j][0] for i, j in enumerate(c)), sum(options[i][j][1] for i, j in enumerate(c)), c)
+              for c in itertools.product(*[range(len(o)) for o in options])]
+    # every combination is dominated by (or on) the front; the front's points are real combinations
+    for s, c, _ in combos:
+        assert any(fs <= s and fc <= c + 1e-9 for fs, fc, _ in front)
+    for fs, fc, idx in front:
+        assert abs(sum(options[i][j][0] for i, j in enumerate(idx)) - fs) < 1e-9
+    ok = [x for x in combos if x[1] <= max_loss + 1e-12]
+    got = choose(front, max_loss=max_loss)
+    assert (got is None) == (not ok)
+    if ok:
+        assert got[0] == min(x[0] for x in ok) and got[1] <= max_loss + 1e-12
+    ok = [x for x in combos if x[0] <= max_size]
+    got = choose(front, max_size=max_size)
+    assert (got is None) == (not ok)
+    if ok:
+        assert got[0] <= max_size and abs(got[1] - min(x[1] for x in ok)) < 1e-9
+
+
+def test_known_optimum():
+    # layer 0 is sensitive (2 bits costs 10), layer 1 is not: the optimum keeps layer 0 wide, layer 1 narrow
+    options = [[(200, 10.0), (300, 1.0), (400, 0.0)], [(2000, 0.5), (3000, 0.2), (4000, 0.0)]]
+    assert choose(pareto(options), max_loss=1.6)[2] == (1, 0)
+    assert choose(pareto(options), max_size=2350)[2] == (1, 0)
+    assert choose(pareto(options), max_size=2250)[2] == (0, 0)
+    assert choose(pareto(options), max_size=2100) is None
+
+
+def test_options():
+    assert parse_target("fid=1.10") == ("fid", 1.10) and parse_target("precision=0.95") == ("precision", 0.95)
+    assert parse_size("350KiB") == 350 * 1024 and parse_size("1.5MiB") == int(1.5 * 2 ** 20)
+    assert parse_size("400000") == 400000 and parse_size("350KB") == 350000
+    for text, msg in (("fid", "METRIC=RATIO"), ("lpips=1.1", "unknown metric 'lpips'"), ("fid=0.9", "1.0..100.0"),
+                      ("precision=1.2", "0.01..1.0"), ("fid=x", "must be a number")):
+        with pytest.raises(GanqError, match=msg):
+            parse_target(text)
+    for text in ("", "12 parsecs", "-5KiB", "0"):
+        with pytest.raises(GanqError):
+            parse_size(text)
+    with pytest.raises(GanqError, match="exactly one"):
+        MixedOptions(target="fid=1.1", budget="1MiB")
+    with pytest.raises(GanqError, match="exactly one"):
+        MixedOptions()
+    with pytest.raises(GanqError, match="--avg-bits"):
+        MixedOptions(avg_bits=1.5, bits_choices=(2, 4))
+    with pytest.raises(GanqError, match="--bits-choices"):
+        MixedOptions(avg_bits=3, bits_choices=(2, 17))
+    with pytest.raises(GanqError, match="--proxy-n"):
+        MixedOptions(avg_bits=3, proxy_n=5)
+    assert MixedOptions(avg_bits=3, bits_choices=(8, 2, 4)).bits_choices == (2, 4, 8)
+
+
+def _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, **kw):
+    from ganq.mixed import mixed_quantize
+    from ganq.quantize import QuantizeOptions
+
+    opts = QuantizeOptions(bits=2, granularity="channel", format="packed")
+    mixed = MixedOptions(bits_choices=(2, 4, 8), proxy_n=100, verify_n=100, **kw)
+    return mixed_quantize(tiny_onnx, tmp_path / "m.onnx", opts, mixed, dataset="mnist",
+                          features=str(tiny_classifier[0]), data_root=toy_data_root)
+
+
+def test_mixed_on_the_tiny_generator(tiny_onnx, tiny_classifier, toy_data_root, tmp_path):
+    import onnx
+
+    from ganq.spec import META_QUANT, read_metadata
+
+    r = _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, avg_bits=4.0)
+    assert r["avg_bits"] <= 4.0 + 1e-9
+    meta = json.loads(read_metadata(onnx.load(str(tmp_path / "m.onnx")))[META_QUANT])
+    assert {t["tensor"]: t["bits"] for t in meta["tensors"]} == {x["tensor"]: x["chosen_bits"] for x in r["layers"]}
+    assert json.loads((tmp_path / "m.onnx.plan.json").read_text())["tensors"].keys() == {
+        x["tensor"] for x in r["layers"]}
+    # an impossible budget is refused before any evaluation, and nothing is written
+    with pytest.raises(GanqError, match="below the smallest plan"):
+        _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path / "none", budget="1KiB")
+    assert not (tmp_path / "none").exists()
+    # a target: verified against the full metric, and met
+    r3 = _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, target="fid=1.5")
+    assert r3["verified"]["fid"] <= 1.5 * r3["fp32"]["fid"] and r3["rounds"][-1]["meets"]
+    assert np.all([u["bits"] in (2, 4, 8) for u in r3["uniform"]])
