@@ -100,3 +100,20 @@ def test_mixed_on_the_tiny_generator(tiny_onnx, tiny_classifier, toy_data_root, 
     r3 = _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, target="fid=1.5")
     assert r3["verified"]["fid"] <= 1.5 * r3["fp32"]["fid"] and r3["rounds"][-1]["meets"]
     assert np.all([u["bits"] in (2, 4, 8) for u in r3["uniform"]])
+
+
+def test_cli_bad_mixed_input_is_one_line(tiny_onnx, tmp_path):
+    import subprocess
+    import sys
+
+    for args, msg in ((["--target", "lpips=1.1"], "unknown metric 'lpips'"),
+                      (["--target", "fid=1.1", "--bits", "3"], "drop --bits"),
+                      (["--target", "fid=1.1", "--budget", "1MiB"], "exactly one"),
+                      (["--budget", "1KiB", "--dataset", "mnist"], "below the smallest plan"),
+                      (["--avg-bits", "3", "--bits-choices", "2,x"], "--bits-choices must be comma-separated"),
+                      ([], "give --bits")):
+        p = subprocess.run([sys.executable, "-m", "ganq", "quantize", str(tiny_onnx), "--out", str(tmp_path / "q.onnx"),
+                            *args], capture_output=True, text=True)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1 and msg in lines[0], (args, p.stderr)
+        assert not list(tmp_path.iterdir())

@@ -307,7 +307,12 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
         if bits is not None or tensor_bits or plan:
             raise GanqError("--target/--budget/--avg-bits choose the bits themselves: drop --bits, --tensor-bits "
                             "and --plan")
-        mixed = MixedOptions(target=target, budget=budget, avg_bits=avg_bits, bits_choices=parse_bits(bits_choices),
+        try:
+            choices = parse_bits(bits_choices)
+        except GanqError:
+            raise GanqError(f"--bits-choices must be comma-separated widths like 2,3,4,8, got {bits_choices!r}"
+                            ) from None
+        mixed = MixedOptions(target=target, budget=budget, avg_bits=avg_bits, bits_choices=choices,
                              proxy_n=proxy_n, verify_n=verify_n, max_rounds=max_rounds)
         bits = mixed.bits_choices[0]
     elif bits is None:
