@@ -291,6 +291,8 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                  help="Re-verifications after widening the most sensitive layer, 0..20")] = 3,
              dataset: Annotated[Optional[str], typer.Option(
                  help="Real data for mixed precision (default: the model's spec)")] = None,
+             features: Annotated[str, typer.Option(
+                 help="Feature network for mixed precision (as ganq evaluate)")] = "classifier",
              data_root: DataRoot = None,
              force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
@@ -330,7 +332,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
         raise GanqError(f"{out}: is the input model; write the quantized model elsewhere")
     check_out(out, force, [src])
     if mixed is not None:
-        _mixed(src, out, opts, mixed, dataset, data_root, as_json)
+        _mixed(src, out, opts, mixed, dataset, features, data_root, as_json)
         return
     report = quantize_file(src, out, opts)
     for note in report.get("notes", []):
@@ -338,7 +340,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     _emit(report, as_json, _render_quant)
 
 
-def _mixed(src, out, opts, mixed, dataset, data_root, as_json) -> None:
+def _mixed(src, out, opts, mixed, dataset, features, data_root, as_json) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ganq.mixed import mixed_quantize
@@ -348,7 +350,7 @@ def _mixed(src, out, opts, mixed, dataset, data_root, as_json) -> None:
     with Progress(TextColumn("mixed precision: {task.fields[now]}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task("mixed", total=total, now="sensitivity")
-        r = mixed_quantize(src, out, opts, mixed, dataset=dataset, data_root=data_root,
+        r = mixed_quantize(src, out, opts, mixed, dataset=dataset, features=features, data_root=data_root,
                            progress=lambda what, done=1: bar.update(task, advance=done, now=what))
 
     def render(r):
@@ -360,15 +362,15 @@ def _mixed(src, out, opts, mixed, dataset, data_root, as_json) -> None:
                                  ["tensor", "op", "params"] + [f"{b} bits" for b in widths] + ["chosen", "bytes"],
                                  rows))
         f = r["fp32"]
-        urows = [["fp32", "-", _size(4 * sum(x["params"] for x in r["layers"])), f"{f['fid']:.2f}",
+        urows = [["fp32 (weights)", _size(4 * sum(x["params"] for x in r["layers"])), f"{f['fid']:.2f}",
                   f"{f['precision']:.3f}", f"{f['recall']:.3f}", "-"],
-                 [f"mixed ({r['avg_bits']:.2f} bits avg)", "", _size(r["bytes_file"]), f"{r['verified']['fid']:.2f}",
+                 [f"mixed ({r['avg_bits']:.2f} bits avg)", _size(r["bytes_file"]), f"{r['verified']['fid']:.2f}",
                   f"{r['verified']['precision']:.3f}", f"{r['verified']['recall']:.3f}", "yes"]]
-        urows += [[f"uniform {u['bits']}-bit", "", _size(u["bytes_file"]), f"{u['fid']:.2f}",
+        urows += [[f"uniform {u['bits']}-bit", _size(u["bytes_file"]), f"{u['fid']:.2f}",
                    f"{u['precision']:.3f}", f"{u['recall']:.3f}", "yes" if u["meets"] else "no"] for u in r["uniform"]]
         goal = r["target"] or (f"budget {r['budget_bytes']:,} B" if r["budget_bytes"] else f"{r['avg_bits_limit']} bits")
         out_console.print(_table(f"verified on {r['verify_n']:,} + {r['verify_n']:,} images ({goal})",
-                                 ["plan", "", "file", "FID", "precision", "recall", "meets"], urows))
+                                 ["plan", "file", "FID", "precision", "recall", "meets"], urows))
         out_console.print(f"wrote {r['out']} and {r['plan_file']} ({len(r['rounds'])} verification(s))",
                           highlight=False)
     _emit(r, as_json, render)
