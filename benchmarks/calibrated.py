@@ -33,7 +33,7 @@ CONFIGS = {
     "mse": ("mse", (), False, "runs/bench-methods/mse"),
     "gptq": ("gptq", (), False, "runs/bench-calibrated/gptq"),
     "gptq+bn": ("gptq", (), True, "runs/bench-calibrated/gptq-bn"),
-    "gptq[mse,act_order]+bn": ("gptq", (("act_order", "true"), ("grid", "mse")), True,
+    "gptq[mse;act_order]+bn": ("gptq", (("act_order", "true"), ("grid", "mse")), True,
                                "runs/bench-calibrated/gptq-mse-act-bn"),
     "adaround+bn": ("adaround", (), True, "runs/bench-calibrated/adaround-bn"),
     "adaround[mse]+bn": ("adaround", (("grid", "mse"),), True, "runs/bench-calibrated/adaround-mse-bn"),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 MODELS = ("zoo:mnist-fc4", "zoo:mnist-cnn5", "zoo:fashion-mnist-cnn3", "zoo:cifar10-jpeg-cnn3")
 CONFIGS = {"minmax": ("minmax", [], False), "gptq+bn": ("gptq", [], True),
-           "gptq[mse,act_order]+bn": ("gptq", ["act_order=true", "grid=mse"], True),
+           "gptq[mse;act_order]+bn": ("gptq", ["act_order=true", "grid=mse"], True),
            "adaround+bn": ("adaround", [], True)}
 
 CHILD = r"""
