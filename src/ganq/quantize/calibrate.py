@@ -227,6 +227,7 @@ class Calibrator:
                 init.CopyFrom(numpy_helper.from_array(self.weights[init.name].astype(np.float32), init.name))
         del m.graph.output[:]
         m.graph.output.extend([onnx.ValueInfoProto(name=o) for o in outputs])
+        _prune(m.graph, outputs)  # onnxruntime runs every node otherwise, needed or not
         opts = session_options(self.threads)
         return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
@@ -276,6 +277,25 @@ class Calibrator:
         mean = s / m
         var = np.maximum(s2 / m - mean * mean, 0.0)
         return (mean + shift[:, 0]), var
+
+
+def _prune(graph, outputs: list[str]) -> None:
+    """Keep only the nodes (and initializers) that the requested outputs depend on."""
+    need = set(outputs)
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in need for o in node.output):
+            keep.append(node)
+            need.update(i for i in node.input if i)
+            for a in node.attribute:  # subgraphs (If/Loop) read outer names too: keep what they mention
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    need.update(i for n in g.node for i in n.input if i)
+    keep.reverse()
+    del graph.node[:]
+    graph.node.extend(keep)
+    inits = [i for i in graph.initializer if i.name in need]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
 
 
 def following_batchnorm(graph, node):
