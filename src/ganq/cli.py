@@ -353,27 +353,30 @@ def _mixed(src, out, opts, mixed, dataset, features, data_root, as_json) -> None
         r = mixed_quantize(src, out, opts, mixed, dataset=dataset, features=features, data_root=data_root,
                            progress=lambda what, done=1: bar.update(task, advance=done, now=what))
 
-    def render(r):
-        widths = r["bits_choices"]
-        rows = [[x["tensor"], x["op"], f"{x['params']:,}"] + [f"{x['by_bits'][b]['loss']:.2f}" for b in widths]
-                + [x["chosen_bits"], _size(x["by_bits"][x["chosen_bits"]]["bytes"])] for x in r["layers"]]
-        out_console.print(_table(f"per-layer {r['metric']} loss against fp32 on {r['proxy_n']:,} images (each layer "
-                                 "alone at each width), and the chosen widths",
-                                 ["tensor", "op", "params"] + [f"{b} bits" for b in widths] + ["chosen", "bytes"],
-                                 rows))
-        f = r["fp32"]
-        urows = [["fp32 (weights)", _size(4 * sum(x["params"] for x in r["layers"])), f"{f['fid']:.2f}",
-                  f"{f['precision']:.3f}", f"{f['recall']:.3f}", "-"],
-                 [f"mixed ({r['avg_bits']:.2f} bits avg)", _size(r["bytes_file"]), f"{r['verified']['fid']:.2f}",
-                  f"{r['verified']['precision']:.3f}", f"{r['verified']['recall']:.3f}", "yes"]]
-        urows += [[f"uniform {u['bits']}-bit", _size(u["bytes_file"]), f"{u['fid']:.2f}",
-                   f"{u['precision']:.3f}", f"{u['recall']:.3f}", "yes" if u["meets"] else "no"] for u in r["uniform"]]
-        goal = r["target"] or (f"budget {r['budget_bytes']:,} B" if r["budget_bytes"] else f"{r['avg_bits_limit']} bits")
-        out_console.print(_table(f"verified on {r['verify_n']:,} + {r['verify_n']:,} images ({goal})",
-                                 ["plan", "file", "FID", "precision", "recall", "meets"], urows))
-        out_console.print(f"wrote {r['out']} and {r['plan_file']} ({len(r['rounds'])} verification(s))",
-                          highlight=False)
-    _emit(r, as_json, render)
+    _emit(r, as_json, _render_mixed)
+
+
+def _render_mixed(r: dict) -> None:
+    widths = r["bits_choices"]
+    per = [{int(k): v for k, v in x["by_bits"].items()} for x in r["layers"]]  # int keys, also from --json output
+    rows = [[x["tensor"], x["op"], f"{x['params']:,}"] + [f"{p[b]['loss']:.2f}" for b in widths]
+            + [x["chosen_bits"], _size(p[x["chosen_bits"]]["bytes"])] for x, p in zip(r["layers"], per)]
+    out_console.print(_table(f"per-layer {r['metric']} loss against fp32 on {r['proxy_n']:,} images (each layer "
+                             "alone at each width), and the chosen widths",
+                             ["tensor", "op", "params"] + [f"{b} bits" for b in widths] + ["chosen", "bytes"],
+                             rows))
+    f = r["fp32"]
+    urows = [["fp32 (weights)", _size(4 * sum(x["params"] for x in r["layers"])), f"{f['fid']:.2f}",
+              f"{f['precision']:.3f}", f"{f['recall']:.3f}", "-"],
+             [f"mixed ({r['avg_bits']:.2f} bits avg)", _size(r["bytes_file"]), f"{r['verified']['fid']:.2f}",
+              f"{r['verified']['precision']:.3f}", f"{r['verified']['recall']:.3f}", "yes"]]
+    urows += [[f"uniform {u['bits']}-bit", _size(u["bytes_file"]), f"{u['fid']:.2f}",
+               f"{u['precision']:.3f}", f"{u['recall']:.3f}", "yes" if u["meets"] else "no"] for u in r["uniform"]]
+    goal = r["target"] or (f"budget {r['budget_bytes']:,} B" if r["budget_bytes"] else f"{r['avg_bits_limit']} bits")
+    out_console.print(_table(f"verified on {r['verify_n']:,} + {r['verify_n']:,} images ({goal})",
+                             ["plan", "file", "FID", "precision", "recall", "meets"], urows))
+    out_console.print(f"wrote {r['out']} and {r['plan_file']} ({len(r['rounds'])} verification(s))",
+                      highlight=False)
 
 
 def _count_weights(src) -> int:
