@@ -218,3 +218,13 @@ def test_zip_bombs_and_huge_images_are_refused_within_memory(tmp_path):
     for target, msg in ((big, "inflates to"), (tmp_path / "huge", "pixels")):
         p = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120)
         assert p.returncode == 0 and "refused:" in p.stdout and msg in p.stdout, (p.stdout, p.stderr[-500:])
+
+
+def test_idx_zero_dimension_beside_a_huge_one(tmp_path):
+    """Found by the long fuzz run: a zero dimension makes the size check pass, numpy then refuses the shape."""
+    from ganq.data.idx import read_idx
+
+    p = tmp_path / "f"
+    p.write_bytes(b"\x00\x00\x0b\x04\x00\x00\x00\x00\x00\x00\x00\x04\x14$%\r\xcb]E\xc5")
+    with pytest.raises(GanqError, match="numpy cannot hold"):
+        read_idx(p)

@@ -31,4 +31,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
         raise GanqError(f"{path}: IDX file has {len(raw)} bytes, its header promises {expected} (truncated or corrupt)")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    try:
+        return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    except ValueError as e:  # e.g. a zero dimension beside dimensions whose product numpy cannot represent
+        raise GanqError(f"{path}: IDX header declares shape {list(shape)}, which numpy cannot hold ({e})") from None
