@@ -260,3 +260,24 @@ def test_sigkill_during_sweep_then_rerun_resumes(tiny_onnx, tiny_classifier, toy
     assert len(cells) == 7 and done <= cells
     assert (out / "report.html").exists() or (out / "sweep.json").exists()
     assert not list(out.glob("**/*.tmp")) and not list(out.glob("**/.*.tmp"))
+
+
+def test_initializer_claiming_more_values_than_its_data(tmp_path):
+    """dims say 6x5 floats, raw_data holds 3: quantize refuses in one line, onnxruntime's load too."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ganq.quantize import QuantizeOptions, quantize_file
+    from ganq.runtime import session
+
+    w = onnx.TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[6, 5], raw_data=np.zeros(3, np.float32).tobytes())
+    g = helper.make_graph([helper.make_node("Gemm", ["X", "W"], ["Y"], transB=1)], "g",
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 5])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 6])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    onnx.save(m, tmp_path / "bad.onnx")
+    with pytest.raises(GanqError, match="does not match its dims"):
+        quantize_file(tmp_path / "bad.onnx", tmp_path / "q.onnx", QuantizeOptions(bits=4))
+    assert not (tmp_path / "q.onnx").exists()
+    with pytest.raises(GanqError, match="onnxruntime cannot load it"):
+        session(tmp_path / "bad.onnx")
