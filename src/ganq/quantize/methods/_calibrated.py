@@ -10,7 +10,7 @@ import numpy as np
 
 from ganq.errors import GanqError
 from ganq.quantize.decoders import rows, unrows
-from ganq.quantize.methods import SolveContext, affine_solution, make_method, prepare
+from ganq.quantize.methods import Method, SolveContext, affine_solution, make_method, prepare
 
 GRIDS = ("minmax", "mse")
 
@@ -60,3 +60,29 @@ def solution(x, axis, out_axis, codes_rows, scale, offset, bits, **info):
     if axis is None:
         return affine_solution(x, None, full.reshape(1, -1), scale[:1], offset[:1], bits, **info)
     return affine_solution(x, axis, rows(full, axis), scale, offset, bits, **info)
+
+
+class CalibratedMethod(Method):
+    """Base of gptq and adaround: the grid from `self.grid`, the codes from `self.codes`, the output errors (theirs
+    and round-to-nearest's on the same grid) in the Solution's info. Subclasses are frozen dataclasses with a
+    `grid` field."""
+
+    calibrated = True
+
+    def fallback(self) -> Method:
+        return make_method(self.grid)
+
+    def codes(self, w, h, scale, offset, levels) -> tuple[np.ndarray, dict]:
+        raise NotImplementedError
+
+    def solve(self, x, bits, axis, ctx=None):
+        self.check_bits(bits)
+        x, axis, _ = prepare(x, axis)
+        out_axis = check_context(self.name, ctx, x)
+        w, scale, offset = grid_rows(x, bits, axis, out_axis, self.grid)
+        levels = 2 ** bits - 1
+        codes, info = self.codes(w, ctx.hessian, scale, offset, levels)
+        err = output_error(w, decode(codes, scale, offset), ctx.hessian).sum()
+        rtn = output_error(w, decode(nearest(w, scale, offset, levels), scale, offset), ctx.hessian).sum()
+        return solution(x, axis, out_axis, codes, scale, offset, bits, output_error=float(err),
+                        output_error_nearest=float(rtn), **info)

@@ -21,9 +21,8 @@ from typing import Literal
 import numpy as np
 
 from ganq.errors import GanqError
-from ganq.quantize.methods import Method, choice, prepare, register
-from ganq.quantize.methods._calibrated import GRIDS, check_context, decode, grid_rows, nearest, output_error, \
-    solution
+from ganq.quantize.methods import choice, register
+from ganq.quantize.methods._calibrated import GRIDS, CalibratedMethod, decode, nearest, output_error
 
 
 
@@ -76,11 +75,10 @@ def adaround_codes(w, h, scale, offset, levels, steps, lr, reg, beta_start, beta
 
 @register
 @dataclass(frozen=True)
-class AdaRound(Method):
+class AdaRound(CalibratedMethod):
     name = "adaround"
     summary = "calibrated: learn per weight whether to round up or down, for the least change of the layer's output"
     paper = "Nagel et al. 2020, Up or Down? Adaptive Rounding for Post-Training Quantization"
-    calibrated = True
     steps: int = 1000
     lr: float = 0.01
     reg: float = 10.0
@@ -103,19 +101,7 @@ class AdaRound(Method):
             raise GanqError(f"method adaround: warmup must be in [0, 1), got {self.warmup}")
         choice(self.name, "grid", self.grid, GRIDS)
 
-    def fallback(self):
-        from ganq.quantize.methods import make_method
-        return make_method(self.grid)
-
-    def solve(self, x, bits, axis, ctx=None):
-        self.check_bits(bits)
-        x, axis, _ = prepare(x, axis)
-        out_axis = check_context(self.name, ctx, x)
-        w, scale, offset = grid_rows(x, bits, axis, out_axis, self.grid)
-        levels = 2 ** bits - 1
-        codes, kept = adaround_codes(w, ctx.hessian, scale, offset, levels, self.steps, self.lr, self.reg,
-                                     self.beta_start, self.beta_end, self.warmup)
-        err = output_error(w, decode(codes, scale, offset), ctx.hessian).sum()
-        rtn = output_error(w, decode(nearest(w, scale, offset, levels), scale, offset), ctx.hessian).sum()
-        return solution(x, axis, out_axis, codes, scale, offset, bits, output_error=float(err),
-                        output_error_nearest=float(rtn), rows_kept_nearest=kept)
+    def codes(self, w, h, scale, offset, levels):
+        codes, kept = adaround_codes(w, h, scale, offset, levels, self.steps, self.lr, self.reg, self.beta_start,
+                                     self.beta_end, self.warmup)
+        return codes, {"rows_kept_nearest": kept}

@@ -19,9 +19,8 @@ from typing import Literal
 import numpy as np
 
 from ganq.errors import GanqError
-from ganq.quantize.methods import Method, choice, prepare, register
-from ganq.quantize.methods._calibrated import GRIDS, check_context, decode, grid_rows, nearest, output_error, \
-    solution
+from ganq.quantize.methods import choice, register
+from ganq.quantize.methods._calibrated import GRIDS, CalibratedMethod, nearest
 
 
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
@@ -76,11 +75,10 @@ def gptq_codes(w: np.ndarray, h: np.ndarray, scale, offset, levels: int, damp: f
 
 @register
 @dataclass(frozen=True)
-class GPTQ(Method):
+class GPTQ(CalibratedMethod):
     name = "gptq"
     summary = "calibrated: round column by column, spreading each error through the inverse Hessian of the inputs"
     paper = "Frantar et al. 2022, GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers"
-    calibrated = True
     damp: float = 0.01
     act_order: bool = False
     block: int = 128
@@ -93,18 +91,5 @@ class GPTQ(Method):
             raise GanqError(f"method gptq: block must be in 1..65536, got {self.block}")
         choice(self.name, "grid", self.grid, GRIDS)
 
-    def fallback(self):
-        from ganq.quantize.methods import make_method
-        return make_method(self.grid)
-
-    def solve(self, x, bits, axis, ctx=None):
-        self.check_bits(bits)
-        x, axis, _ = prepare(x, axis)
-        out_axis = check_context(self.name, ctx, x)
-        w, scale, offset = grid_rows(x, bits, axis, out_axis, self.grid)
-        levels = 2 ** bits - 1
-        codes = gptq_codes(w, ctx.hessian, scale, offset, levels, self.damp, self.act_order, self.block)
-        err = output_error(w, decode(codes, scale, offset), ctx.hessian).sum()
-        rtn = output_error(w, decode(nearest(w, scale, offset, levels), scale, offset), ctx.hessian).sum()
-        return solution(x, axis, out_axis, codes, scale, offset, bits, output_error=float(err),
-                        output_error_nearest=float(rtn))
+    def codes(self, w, h, scale, offset, levels):
+        return gptq_codes(w, h, scale, offset, levels, self.damp, self.act_order, self.block), {}
