@@ -100,7 +100,7 @@ def fig_quality_vs_size(rows, path: Path) -> None:
     plt = _plt()
     models, per = _by_model(rows)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for ax, (key, label) in zip(axes, [("precision", "precision"), ("recall", "recall"), ("fid", "FID")]):
+    for ax, (key, label) in zip(axes, _labels("precision", "recall", "fid")):
         for n, m in enumerate(models):
             rs = per[m]
             ax.plot([r["bytes_file"] for r in rs], [r[key] for r in rs], "o-", color=f"C{n}", label=f"{m}: file")
@@ -120,13 +120,20 @@ def fig_quality_vs_size(rows, path: Path) -> None:
     _save(fig, path)
 
 
+def _labels(*names: str) -> list[tuple[str, str]]:
+    """(key, label) pairs from the metric catalogue."""
+    from ganq.evaluate.catalogue import METRICS
+
+    return [(n, METRICS[n].label) for n in names]
+
+
 def write_figures(out: Path, rows, samples, reals) -> list[str]:
     fig_samples(rows, samples, reals, out / "fig-samples.png")
-    _panels(rows, [("inception_score", "Inception Score")], "Inception Score against weight bits", "Inception Score",
+    _panels(rows, _labels("inception_score"), "Inception Score against weight bits", "Inception Score",
             out / "fig-inception.png", ref_key="inception_score_real")
-    _panels(rows, [("precision", "precision"), ("recall", "recall")], "k-NN precision and recall against weight bits",
+    _panels(rows, _labels("precision", "recall"), "k-NN precision and recall against weight bits",
             "precision / recall", out / "fig-precision-recall.png")
-    _panels(rows, [("realism_precision", "realism precision"), ("realism_recall", "realism recall")],
+    _panels(rows, _labels("realism_precision", "realism_recall"),
             "Realism score against weight bits", "mean realism score", out / "fig-realism.png")
     fig_quality_vs_size(rows, out / "fig-quality-vs-size.png")
     return ["fig-samples.png", "fig-inception.png", "fig-precision-recall.png", "fig-realism.png",
