@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from ganq._io import atomic_path
 from ganq.errors import GanqError, check_range, warn
 from ganq.quantize.decoders import GRANULARITIES, Codebook
-from ganq.quantize.fold_bn import fold_batchnorm
+from ganq.quantize.fold_bn import fold_batchnorm, set_bias_input
 from ganq.quantize.formats import FORMATS, GraphBuilder
 from ganq.quantize.methods import METHODS, SolveContext, make_method
 from ganq.quantize.plan import FLOAT_BITS, Plan, check_bits, make_plan, read_plan_file
@@ -281,12 +281,7 @@ def _recalibrate(graph, inits, node, t, w, w_hat, stats, calib, builder, notes) 
     new = (-delta / beta).astype(np.float32)
     graph.initializer.append(numpy_helper.from_array(new, name))
     inits[name] = graph.initializer[-1]
-    while len(node.input) < 2:
-        node.input.append("")
-    if len(node.input) == 2:
-        node.input.append(name)
-    else:
-        node.input[2] = name
+    set_bias_input(node, name)
     return [{"tensor": name, "kind": "bias_added", "node": node.name, "max_abs_change": _change(new * 0, new)}]
 
 

@@ -11,6 +11,16 @@ from onnx import numpy_helper
 from ganq.quantize.select import _attr
 
 
+def set_bias_input(node, name: str) -> None:
+    """Make `name` the bias input (input 2) of a Conv / ConvTranspose / Gemm node."""
+    while len(node.input) < 2:
+        node.input.append("")
+    if len(node.input) == 2:
+        node.input.append(name)
+    else:
+        node.input[2] = name
+
+
 def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of model with each foldable BatchNormalization folded; returns (model, number folded).
 
@@ -76,12 +86,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             del bn.attribute[:]
         else:
             if not has_bias:
-                while len(p.input) < 2:
-                    p.input.append("")
-                if len(p.input) == 2:
-                    p.input.append(bias_name)
-                else:
-                    p.input[2] = bias_name
+                set_bias_input(p, bias_name)
             p.output[0] = bn.output[0]
             remove.append(bn)
         folded += 1
