@@ -71,7 +71,7 @@ def main():
     bits = tuple(int(b) for b in args.bits.split(","))
     models = args.models.split(",")
     labels = args.configs.split(",")
-    rows, timings = [], []
+    rows = []
     for label in labels + ["fp32+bn"]:
         if label == "fp32+bn":
             method, opts, bn, folder, widths = "minmax", (), True, "runs/bench-calibrated/fp32-bn", (16,)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ganq.errors import GanqError
 from ganq.quantize import QuantizeOptions, quantize_file, quantize_model
-from ganq.quantize.calibrate import (Calibrator, _gram, calibration_latents, column_blocks, layer_columns)
+from ganq.quantize.calibrate import _gram, calibration_latents, column_blocks, layer_columns
 from ganq.quantize.decoders import rows
 from ganq.quantize.methods import SolveContext, make_method
 from ganq.quantize.methods._calibrated import decode, grid_rows, nearest, output_error

@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from ganq._io import atomic_path
-from ganq.errors import GanqError, check_range, warn
+from ganq.errors import GanqError, check_range
 from ganq.quantize.decoders import GRANULARITIES, Codebook
 from ganq.quantize.fold_bn import fold_batchnorm, set_bias_input
 from ganq.quantize.formats import FORMATS, GraphBuilder

@@ -43,7 +43,7 @@ def output_error(w, w_hat, h) -> np.ndarray:
     return np.einsum("ij,ij->i", d @ h, d)
 
 
-def check_context(name: str, ctx: SolveContext | None, x: np.ndarray, out_axis_default=None):
+def check_context(name: str, ctx: SolveContext | None, x: np.ndarray):
     if ctx is None or ctx.hessian is None or ctx.out_axis is None:
         raise GanqError(f"method {name} needs calibration (the layer's inputs); quantize a whole model with it")
     w = rows(x, ctx.out_axis)
