@@ -353,10 +353,15 @@ def test_sweep_key_of_uncalibrated_settings_is_unchanged():
 
     s = SweepSettings(bits=(32, 4), method="mse")
     d = asdict(s)
-    for k in ("bits", "recalibrate_bn", "calibration", "calibration_seed"):
+    for k in ("bits", "recalibrate_bn", "calibration", "calibration_seed",  # defaults, and fields added later
+              "methods", "repeats", "mixed", "mixed_choices", "proxy_n"):
         d.pop(k)
     assert s.key() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
     assert SweepSettings(bits=(4,), recalibrate_bn=True).key() != SweepSettings(bits=(4,)).key()
     assert SweepSettings(bits=(4,), calibration=64).key() != SweepSettings(bits=(4,)).key()
+    assert SweepSettings().key() == "3acbc06ccd4c"  # the key of the sweeps run before repeats and methods existed
+    assert SweepSettings(methods=("mse",), repeats=3, bits=(32, 4)).key() == s.key()  # repeat 0 of method mse
+    assert SweepSettings().cell_key(repeat=1) != SweepSettings().key()
+    assert SweepSettings().cell_key("gptq", float_row=True) == SweepSettings().key()  # one float row per model
     with pytest.raises(GanqError, match="--calibration"):
         SweepSettings(bits=(4,), calibration=0)

@@ -29,9 +29,10 @@ def test_interrupted_first_sweep_resumes(tiny_onnx, tiny_classifier, toy_data_ro
 
     sw = importlib.import_module("ganq.report.sweep")  # the module (ganq.report.sweep is also a function)
 
+    ev = importlib.import_module("ganq.evaluate")  # the sweep measures through evaluate's own function
     out = tmp_path / "first"
     calls = {"n": 0}
-    real_score = sw.score
+    real_score = ev.score
 
     def interrupted(*a, **k):  # Ctrl-C while the second bit width is scored
         calls["n"] += 1
@@ -39,12 +40,12 @@ def test_interrupted_first_sweep_resumes(tiny_onnx, tiny_classifier, toy_data_ro
             raise KeyboardInterrupt
         return real_score(*a, **k)
 
-    monkeypatch.setattr(sw, "score", interrupted)
+    monkeypatch.setattr(ev, "score", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sweep([str(tiny_onnx)], _settings(), out, dataset="mnist", features=str(tiny_classifier[0]),
               data_root=toy_data_root)
     assert len(list((out / "cache").glob("*.npz"))) == 1 and sw.is_sweep(out)
-    monkeypatch.setattr(sw, "score", real_score)
+    monkeypatch.setattr(ev, "score", real_score)
     r = sweep([str(tiny_onnx)], _settings(), out, dataset="mnist", features=str(tiny_classifier[0]),
               data_root=toy_data_root)
     assert [x["bits"] for x in r["rows"]] == [32, 4]

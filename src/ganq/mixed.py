@@ -137,16 +137,20 @@ def _meets(name: str, value: float, fp32: float, ratio: float) -> bool:
 
 
 def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, features=None, data_root=None,
-                   progress=None) -> dict:
+                   progress=None, cache=None, compare_uniform: bool = True, threads: int | None = None) -> dict:
     """Quantize src into out with per-tensor bits chosen by `mixed` (options: method, granularity, format, ...).
-    Returns the report: the per-layer table, the chosen plan, verified metrics, the uniform plans compared."""
+    Returns the report: the per-layer table, the chosen plan, verified metrics, the uniform plans compared (none
+    when compare_uniform is false: the sweep has them as rows). cache: the real-feature cache folder."""
     from dataclasses import replace
 
-    from ganq.evaluate import EvalOptions, evaluate
+    from functools import partial
+
+    from ganq.evaluate import EvalOptions, evaluate as _evaluate
     from ganq.quantize import load_model, make_plan, quantize_file
     from ganq.quantize.plan import FLOAT_BITS, Plan, TensorPlan
 
     tick = progress or (lambda what, done=1: None)
+    evaluate = partial(_evaluate, cache=cache, threads=threads)
     model = load_model(src)
     base = make_plan(model, mixed.bits_choices[0], options.method_config, options.granularity, options.include_bias)
     layers = [t for t in base.tensors if t.target.role == "weight"]
@@ -250,7 +254,7 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
         final = rep  # the last verified file, tmp/mixed.onnx
         # uniform plans to compare with: from the narrowest width up to the first that meets the target
         uniform = []
-        for b in mixed.bits_choices:
+        for b in mixed.bits_choices if compare_uniform else ():
             urep, uev = run({r["tensor"]: b for r in table}, full, f"u{b}")
             uniform.append({"bits": b, "bytes_file": urep["bytes_file"],
                             **{k: uev[k] for k in ("fid", "precision", "recall", "inception_score")},

@@ -188,20 +188,34 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
                                       None if cached else tick)
     if cached and tick:
         tick(1)
-    fake = g.generate(opts.n, opts.seed, opts.batch, stage("generate", opts.n))
-    fake_logits, fake_feats = net(fake, opts.batch, stage("fake features", opts.n))
-    out = score(fake_logits, fake_feats, real_logits, real_feats, opts,
-                progress=stage("metrics", score_steps(len(fake_feats), len(real_feats))))
-    fake_classes = (np.bincount(fake_logits.argmax(1), minlength=fake_logits.shape[1]) if fake_logits is not None
-                    else np.zeros(0, int))
+    out, _ = measure(g, net, (real_logits, real_feats), opts, progress=progress)
     import json as _json
     quant = g.metadata.get("ganq.quant")
     out.update({"model": str(g.path), "dataset": dataset, "features": str(net.path),
-                "features_kind": net.info.get("kind"), "n_fake": int(len(fake_feats)), "n_real": int(len(real_feats)),
-                "k": opts.k, "feature_dim": int(fake_feats.shape[1]), "options": asdict(opts),
+                "features_kind": net.info.get("kind"), "n_real": int(len(real_feats)),
+                "k": opts.k, "options": asdict(opts),
                 "quantization": _json.loads(quant) if quant else None,
-                "class_histogram": fake_classes.tolist(), "seconds": round(time.perf_counter() - t0, 2)})
+                "seconds": round(time.perf_counter() - t0, 2)})
     return out
+
+
+def measure(g, net: FeatureNet, real, opts: EvalOptions, real_sq_radii=None, progress=None):
+    """What `ganq evaluate` measures, for a loaded generator and feature network: opts.n images from latents of
+    opts.seed, scored against real = (logits, features). The sweep measures through this too. Returns (metrics with
+    n_fake, feature_dim and the fake class histogram; the images). progress: as evaluate's."""
+    def stage(name, total):
+        return progress(name, total) if progress else None
+
+    real_logits, real_feats = real
+    fake = g.generate(opts.n, opts.seed, opts.batch, stage("generate", opts.n))
+    fake_logits, fake_feats = net(fake, opts.batch, stage("fake features", opts.n))
+    out = score(fake_logits, fake_feats, real_logits, real_feats, opts, real_sq_radii,
+                progress=stage("metrics", score_steps(len(fake_feats), len(real_feats), real_sq_radii is not None)))
+    fake_classes = (np.bincount(fake_logits.argmax(1), minlength=fake_logits.shape[1]) if fake_logits is not None
+                    else np.zeros(0, int))
+    out.update({"n_fake": int(len(fake_feats)), "feature_dim": int(fake_feats.shape[1]),
+                "class_histogram": fake_classes.tolist()})
+    return out, fake
 
 
 def load_features(path: str | Path, what: str) -> np.ndarray:
@@ -267,4 +281,4 @@ def metrics_from_arrays(fake: np.ndarray, real: np.ndarray, fake_logits=None, re
     return {**out, "n_fake": int(len(fake)), "n_real": int(len(real)), "k": opts.k}
 
 
-__all__ = ["metrics_from_arrays", "load_features", "EvalOptions", "evaluate", "score", "FeatureCache", "FeatureNet", "metrics", "default_features"]
+__all__ = ["measure", "metrics_from_arrays", "load_features", "EvalOptions", "evaluate", "score", "FeatureCache", "FeatureNet", "metrics", "default_features"]

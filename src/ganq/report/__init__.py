@@ -12,17 +12,19 @@ from ganq.report.sweep import DEFAULT_BITS, ModelRef, SweepSettings, parse_bits,
 
 
 def sweep(models: list[str], settings: SweepSettings, out: str | Path, dataset: str | None = None,
-          features: str | None = None, data_root=None, progress=None) -> dict:
-    """Run (or resume from the cache) a sweep and write every file of the report into `out`."""
+          features: str | None = None, data_root=None, progress=None, workers: int = 1,
+          scheduler: str | None = None) -> dict:
+    """Run (or resume from the cache) a sweep and write every file of the report into `out`. workers: local
+    processes; scheduler: tcp://HOST:PORT of a Dask scheduler. progress(done, total, label)."""
     out = Path(out)
     refs = parse_models(models, dataset)
-    res = run_sweep(refs, settings, out, features, data_root, progress)
+    res = run_sweep(refs, settings, out, features, data_root, progress, workers, scheduler)
     figures = list(FIGURES)
     if not _unchanged(out, res["rows"], settings, refs):  # a rerun from the cache redraws nothing
         write_figures(out, res["rows"], res["samples"], res["reals"])
-        write_pages(out, res["rows"], asdict(settings), figures)
+        write_pages(out, res["rows"], asdict(settings), figures, {r.name: r.arch for r in refs})
         write_tables(out, res["rows"], settings, refs)
-    return {"rows": res["rows"], "out": str(out), "index": str(out / "index.html"), "figures": figures}
+    return {"rows": res["rows"], "failed": res["failed"], "out": str(out), "index": str(out / "index.html"), "figures": figures}
 
 
 FIGURES = ("fig-samples.png", "fig-inception.png", "fig-precision-recall.png", "fig-realism.png",
