@@ -737,11 +737,11 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ganq.evaluate import EvalOptions
-    from ganq.report import SweepSettings, parse_bits, sweep as run_sweep
+    from ganq.report import Execution, SweepSettings, parse_bits, sweep as run_sweep
     from ganq.report.sweep import split_methods
 
-    if workers > 1 and scheduler:
-        raise GanqError("give --workers or --scheduler, not both")
+    execution = Execution(workers, scheduler)
+
     settings = SweepSettings(bits=parse_bits(bits), format=format, granularity=granularity, method=method,
                              method_opts=_method_options(method_opt), fold_bn=fold_bn,
                              methods=split_methods(methods) if methods is not None else (),
@@ -749,12 +749,12 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
                              repeats=repeats, mixed=mixed, mixed_choices=parse_bits(mixed_choices),
                              proxy_n=proxy_n, eval=EvalOptions(n=n, seed=seed))
     with Progress(TextColumn("sweep {task.fields[now]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console) as bar:
+                  console=err_console, transient=True) as bar:
         task = bar.add_task("sweep", total=None, now="")
 
         def progress(done, total, label):
             bar.update(task, completed=done, total=total, now=label)
-        r = run_sweep(models, settings, out, dataset, features, data_root, progress, workers, scheduler)
+        r = run_sweep(models, settings, out, dataset, features, data_root, progress, execution)
 
     def render(r):
         from ganq.report.analysis import float_row

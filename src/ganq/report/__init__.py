@@ -8,17 +8,16 @@ from pathlib import Path
 
 from ganq.report.figures import write_figures
 from ganq.report.pages import write_pages
-from ganq.report.sweep import DEFAULT_BITS, ModelRef, SweepSettings, parse_bits, parse_models, run_sweep, write_tables
+from ganq.report.sweep import DEFAULT_BITS, Execution, ModelRef, SweepSettings, parse_bits, parse_models, run_sweep, write_tables
 
 
 def sweep(models: list[str], settings: SweepSettings, out: str | Path, dataset: str | None = None,
-          features: str | None = None, data_root=None, progress=None, workers: int = 1,
-          scheduler: str | None = None) -> dict:
-    """Run (or resume from the cache) a sweep and write every file of the report into `out`. workers: local
-    processes; scheduler: tcp://HOST:PORT of a Dask scheduler. progress(done, total, label)."""
+          features: str | None = None, data_root=None, progress=None, execution: Execution = Execution()) -> dict:
+    """Run (or resume from the cache) a sweep and write every file of the report into `out`. execution: local
+    processes or a Dask scheduler (tcp://HOST:PORT). progress(done, total, label)."""
     out = Path(out)
     refs = parse_models(models, dataset)
-    res = run_sweep(refs, settings, out, features, data_root, progress, workers, scheduler)
+    res = run_sweep(refs, settings, out, features, data_root, progress, execution)
     figures = list(FIGURES)
     if not _unchanged(out, res["rows"], settings, refs):  # a rerun from the cache redraws nothing
         write_figures(out, res["rows"], res["samples"], res["reals"])
@@ -48,4 +47,4 @@ def _unchanged(out: Path, rows, settings, refs) -> bool:
     return old == new
 
 
-__all__ = ["sweep", "SweepSettings", "DEFAULT_BITS", "parse_bits", "ModelRef"]
+__all__ = ["sweep", "Execution", "SweepSettings", "DEFAULT_BITS", "parse_bits", "ModelRef"]

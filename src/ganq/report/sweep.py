@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import hashlib
 import io
 import json
@@ -395,6 +396,22 @@ def plan_jobs(refs: list[ModelRef], settings: SweepSettings, features: str | Non
     return jobs
 
 
+@dataclass(frozen=True)
+class Execution:
+    """Where the jobs run: here (workers 1), in N local processes, or on a Dask cluster (scheduler address)."""
+    workers: int = 1
+    scheduler: str | None = None
+
+    def __post_init__(self):
+        from ganq.errors import check_range
+
+        check_range("--workers", self.workers, 1, 256)
+        if self.workers > 1 and self.scheduler:
+            raise GanqError("give --workers or --scheduler, not both")
+        if self.scheduler is not None and not re.match(r"^(tcp|tls|ws|wss|inproc)://\S+$", self.scheduler):
+            raise GanqError(f"--scheduler must be an address like tcp://HOST:8786, got {self.scheduler!r}")
+
+
 def connect(scheduler: str):
     """A Dask client for tcp://HOST:PORT, or one line saying why not."""
     try:
@@ -410,13 +427,11 @@ def connect(scheduler: str):
 
 
 def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, features: str | None = None,
-              data_root=None, progress=None, workers: int = 1, scheduler: str | None = None) -> dict:
-    """Every row, computed or read from out/cache; writes nothing but the cache and models/. workers: local
-    processes; scheduler: a Dask scheduler's address (jobs then run on its workers, which must see `out`, the models
-    and, for mixed rows, the data). progress(done, total, label)."""
-    from ganq.errors import check_range
-
-    check_range("--workers", workers, 1, 256)
+              data_root=None, progress=None, execution: Execution = Execution()) -> dict:
+    """Every row, computed or read from out/cache; writes nothing but the cache and models/. execution: local
+    processes, or a Dask scheduler's address (jobs then run on its workers, which must see `out`, the models and,
+    for mixed rows, the data). progress(done, total, label)."""
+    workers, scheduler = execution.workers, execution.scheduler
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise GanqError(f"{out}: exists and is not a folder")
@@ -494,7 +509,7 @@ def _run(jobs, refs, settings, out, data_root, progress, fresh, marker, workers,
         futures = client.map(run_job, jobs, ctx=ctx, pure=False)
         from distributed import as_completed
         done = {}
-        for i, fut in enumerate(as_completed(futures), 1):
+        for i, fut in enumerate(as_completed(futures, loop=client.loop), 1):
             res = fut.result()
             done[res["job"]] = res
             tick(i, len(jobs), _label(res["job"]))
