@@ -76,12 +76,12 @@ def _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, **kw):
     from ganq.quantize import QuantizeOptions
 
     opts = QuantizeOptions(bits=2, granularity="channel", format="packed")
-    mixed = MixedOptions(bits_choices=(2, 4, 8), proxy_n=100, verify_n=100, **kw)
+    mixed = MixedOptions(**{"bits_choices": (2, 4, 8), "proxy_n": 100, "verify_n": 100, **kw})
     return mixed_quantize(tiny_onnx, tmp_path / "m.onnx", opts, mixed, dataset="mnist",
                           features=str(tiny_classifier[0]), data_root=toy_data_root)
 
 
-def test_mixed_on_the_tiny_generator(tiny_onnx, tiny_classifier, toy_data_root, tmp_path):
+def test_mixed_on_the_tiny_generator(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, monkeypatch):
     import onnx
 
     from ganq.spec import META_QUANT, read_metadata
@@ -100,6 +100,23 @@ def test_mixed_on_the_tiny_generator(tiny_onnx, tiny_classifier, toy_data_root, 
     r3 = _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, target="fid=1.5")
     assert r3["verified"]["fid"] <= 1.5 * r3["fp32"]["fid"] and r3["rounds"][-1]["meets"]
     assert np.all([u["bits"] in (2, 4, 8) for u in r3["uniform"]])
+    # a target out of reach (every quantized tensor costs 50 FID here): one line with the best reachable, nothing
+    # written
+    import importlib
+    ev = importlib.import_module("ganq.evaluate")
+    real_evaluate = ev.evaluate
+
+    def costly(model, *a, **k):
+        out = real_evaluate(model, *a, **k)
+        if out["quantization"] and out["quantization"]["bits"] != 32:
+            out["fid"] += 50.0
+        return out
+
+    monkeypatch.setattr(ev, "evaluate", costly)
+    (tmp_path / "far").mkdir()
+    with pytest.raises(GanqError, match="out of reach .* the best reachable is about fid=") as e:
+        _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path / "far", target="fid=1.1")
+    assert "\n" not in str(e.value) and not list((tmp_path / "far").iterdir())
 
 
 def test_cli_bad_mixed_input_is_one_line(tiny_onnx, tmp_path):

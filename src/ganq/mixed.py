@@ -220,8 +220,14 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
         if mixed.target is not None:
             allowance = (abs(mixed.ratio - 1.0)) * fp32_proxy[name]
             pick = choose(front, max_loss=allowance)
-            if pick is None:  # cannot happen with clamped losses (all-widest has the least loss), but be exact
-                raise GanqError(f"no plan over --bits-choices reaches {mixed.target} by the proxy")
+            if pick is None:  # the widest plan's predicted loss is over the allowance
+                best = min(front, key=lambda t: (t[1], t[0]))
+                m = metric(name)
+                value = fp32_proxy[name] - best[1] if m.higher_is_better else fp32_proxy[name] + best[1]
+                raise GanqError(f"--target {mixed.target} is out of reach of --bits-choices "
+                                f"{','.join(map(str, mixed.bits_choices))}: the best reachable is about "
+                                f"{name}={value / fp32_proxy[name]:.3f} (by the proxy); loosen the target or add "
+                                "wider widths")
         else:
             pick = choose(front, max_size=limit)
         choice = [mixed.bits_choices[j] for j in pick[2]]
@@ -246,9 +252,11 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
         if not rounds[-1]["meets"]:
             got = rounds[-1]
             if mixed.target is not None:
+                best = (max if metric(name).higher_is_better else min)(r[name] for r in rounds)
                 raise GanqError(f"the verified plan misses {mixed.target}: {name} {got[name]:.3f} against the fp32 "
-                                f"{full_fp32[name]:.3f} x {mixed.ratio} after {len(rounds)} verification(s); widen "
-                                "--bits-choices or --max-rounds")
+                                f"{full_fp32[name]:.3f} x {mixed.ratio} after {len(rounds)} verification(s); the "
+                                f"best reachable was {name}={best / full_fp32[name]:.3f}; widen --bits-choices or "
+                                "--max-rounds")
             raise GanqError(f"the plan's file is {got['bytes_file']:,} bytes, over the budget "
                             f"{mixed.budget_bytes:,}; give a larger budget")
         final = rep  # the last verified file, tmp/mixed.onnx
