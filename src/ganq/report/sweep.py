@@ -547,9 +547,14 @@ def _run(jobs, refs, settings, out, data_root, progress, fresh, marker, workers,
     return {"rows": rows, "samples": samples, "reals": reals, "failed": failed}
 
 
-CSV_COLUMNS = ["model", "dataset", "bits", "method", "format", "granularity", "fold_bn", "inception_score", "inception_score_std", "fid", "kid",
-               "kid_std", "precision", "recall", "realism_precision", "realism_recall", "density", "coverage",
-               "inception_score_real", "bytes_file", "bytes_ideal", "bytes_gzip", "bytes_fp32", "images_per_s", "file"]
+def _csv_columns() -> list[str]:
+    """Every metric with its spread over the seeds (`_seed_std`); IS and KID also keep their own within-run std."""
+    from ganq.evaluate.catalogue import METRICS
+
+    metrics = [c for m in METRICS for c in (m, f"{m}_seed_std")]
+    return (["model", "dataset", "method", "kind", "bits", "format", "granularity", "fold_bn", "recalibrate_bn",
+             "repeats"] + metrics + ["inception_score_std", "kid_std", "inception_score_real", "bytes_file",
+                                     "bytes_ideal", "bytes_gzip", "bytes_fp32", "images_per_s", "file"])
 
 
 def write_tables(out: Path, rows: list[dict], settings: SweepSettings, refs: list[ModelRef]) -> None:
@@ -557,8 +562,8 @@ def write_tables(out: Path, rows: list[dict], settings: SweepSettings, refs: lis
         {"settings": asdict(settings), "models": [asdict(r) for r in refs], "rows": rows},
         indent=1, default=_json_default) + "\n")
     buf = io.StringIO()
-    w = csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore")
+    w = csv.DictWriter(buf, _csv_columns(), extrasaction="ignore")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({**r, **{f"{m}_seed_std": v for m, v in (r.get("spread") or {}).items()}} for r in rows)
     write_text_atomic(out / "results.csv", buf.getvalue())
     write_text_atomic(out / "sweep.json", json.dumps({"ganq": "sweep", "settings_key": settings.key()}) + "\n")
