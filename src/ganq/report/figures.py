@@ -87,6 +87,8 @@ def _sd(r, key):
 def _panels(rows, series, title, ylabel, path: Path, ref_key=None) -> None:
     """A panel per model: x = bits; a colour per method, a line style per metric of `series`, the band = ± one std
     over the repeats; fp32 as a horizontal line with its band."""
+    from ganq.report.analysis import within_noise
+
     plt = _plt()
     models, per = _by_model(rows)
     methods = _methods(rows)
@@ -104,6 +106,10 @@ def _panels(rows, series, title, ylabel, path: Path, ref_key=None) -> None:
                 sd = np.array([_sd(r, key) for r in q])
                 name = label if len(methods) == 1 else f"{label}, {meth}"
                 ax.plot(xs, ys, marker="o", markersize=3, linestyle=styles[j % 4], color=f"C{n}", label=name)
+                quiet = [within_noise(r, f, key) is True for r in q] if f is not None else [False] * len(q)
+                if any(quiet):  # a hollow ring: within noise of fp32
+                    ax.plot(xs[quiet], ys[quiet], "o", markersize=7, markerfacecolor="white", color=f"C{n}",
+                            linestyle="none")
                 if sd.any():
                     ax.fill_between(xs, ys - sd, ys + sd, color=f"C{n}", alpha=0.18, linewidth=0)
             if f is not None and f[key] is not None:
@@ -112,6 +118,8 @@ def _panels(rows, series, title, ylabel, path: Path, ref_key=None) -> None:
                     ax.axhspan(f[key] - _sd(f, key), f[key] + _sd(f, key), color="black", alpha=0.08)
         if ref_key and f is not None and f.get(ref_key) is not None:
             ax.axhline(f[ref_key], color="grey", linestyle=":", linewidth=1, label="real images")
+        widths = sorted({r["bits"] for r in per[m] if r["bits"] != FLOAT_BITS and r.get("kind", "uniform") == "uniform"})
+        ax.set_xticks(widths)
         ax.set_title(f"{m} ({per[m][0]['dataset']})", fontsize=10)
         ax.set_xlabel("weight bits")
         ax.set_ylabel(ylabel)
@@ -119,7 +127,8 @@ def _panels(rows, series, title, ylabel, path: Path, ref_key=None) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     reps = max(r.get("repeats", 1) for r in rows)
-    fig.suptitle(title + (f" (bands: ± 1 std over {reps} seeds)" if reps > 1 else ""), fontsize=11)
+    fig.suptitle(title + (f" (bands: ± 1 std over {reps} seeds; rings: within noise of fp32)" if reps > 1 else ""),
+                 fontsize=11)
     fig.tight_layout()
     _save(fig, path)
 

@@ -423,7 +423,7 @@ def connect(scheduler: str):
     except (OSError, TimeoutError, ValueError) as e:
         raise GanqError(f"cannot reach the Dask scheduler at {scheduler} ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:120] if str(e) else 'no answer'}); start one with "
-                        "`dask scheduler` and workers with `dask worker`") from None
+                        "'dask scheduler' and workers with 'dask worker'") from None
 
 
 def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, features: str | None = None,
