@@ -309,7 +309,7 @@ def run_job(job: Job, ctx: Context) -> dict:
         net = FeatureNet(job.net, threads=threads)
         gen = Generator(qpath, threads=threads)
         fc = FeatureCache(out / "cache" / "features")
-        sizes = qrep or _sizes(qpath, job.model.model)
+        sizes = qrep or _sizes(qpath)
         for r, cell in enumerate(cells):
             if got[r] is not None:
                 continue
@@ -320,8 +320,8 @@ def run_job(job: Job, ctx: Context) -> dict:
             row = {"model": job.model.name, "dataset": job.model.dataset,
                    "bits": round(mixed["avg_bits"], 3) if mixed else job.bits, "kind": "mixed" if mixed else "uniform",
                    "method": job.method, "method_opts": dict(job.opts), "format": s.format,
-                   "granularity": s.granularity, "fold_bn": s.fold_bn, "recalibrate_bn": s.recalibrate_bn,
-                   "seed": s.seed + r, "quantize_seconds": (qrep or {}).get("seconds"), "file": str(qpath),
+                   "granularity": s.granularity, "fold_bn": s.fold_bn,
+                   "recalibrate_bn": s.recalibrate_bn and job.bits != FLOAT_BITS, "seed": s.seed + r, "quantize_seconds": (qrep or {}).get("seconds"), "file": str(qpath),
                    **{k: sizes[k] for k in ("bytes_file", "bytes_ideal", "bytes_fp32", "bytes_gzip")},
                    **{k: v for k, v in metrics.items() if k not in ("n_fake", "feature_dim")},
                    "seconds": round(time.perf_counter() - t0, 2)}
@@ -342,7 +342,7 @@ def run_job(job: Job, ctx: Context) -> dict:
     return {"row": aggregate(per), "grid": got[0][1], "job": job}
 
 
-def _sizes(qpath: Path, src: str) -> dict:
+def _sizes(qpath: Path) -> dict:
     """File sizes of an already written model (the mixed row's), as quantize_file reports them."""
     import gzip
 
@@ -480,8 +480,9 @@ def _read_cell(cache: Path, bits, name: str):
 
 
 def _label(job: Job) -> str:
-    return (f"{job.model.name} {job.method if job.bits != FLOAT_BITS else ''} "
-            f"{'mixed ' + str(job.method) if job.bits is None else ('fp32' if job.bits == FLOAT_BITS else f'{job.bits}-bit')}")
+    if job.bits == FLOAT_BITS:
+        return f"{job.model.name} fp32"
+    return f"{job.model.name} {job.method} {'mixed' if job.bits is None else f'{job.bits}-bit'}"
 
 
 def _run(jobs, refs, settings, out, data_root, progress, fresh, marker, workers, client) -> dict:
