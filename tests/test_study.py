@@ -145,6 +145,20 @@ def test_repeats_through_a_fake_evaluator_with_known_variance(tiny_onnx, tiny_cl
     assert r3["rows"][0]["per_seed"] == fp32["per_seed"][:3]
 
 
+def test_rows_cached_without_a_seed_still_pair(tiny_onnx, tiny_classifier, toy_data_root, tmp_path):
+    """Cells cached before repeats existed carry no seed: the row still knows it, so the noise test still pairs."""
+    out = tmp_path / "o"
+    _run(tiny_onnx, tiny_classifier, toy_data_root, out, repeats=2, bits=(32, 4))
+    for cell in (out / "cache").glob("*-32.npz"):
+        with np.load(cell) as z:
+            row, grid = json.loads(str(z["row"])), z["grid"]
+        row.pop("seed")
+        np.savez(cell.with_suffix(""), row=np.array(json.dumps(row)), grid=grid)
+    (out / "results.json").unlink()
+    f, q = _run(tiny_onnx, tiny_classifier, toy_data_root, out, repeats=2, bits=(32, 4))["rows"]
+    assert f["seeds"] == q["seeds"] == [0, 1] and analysis.diff(q, f, "fid")[1] is not None
+
+
 def test_repeat_r_equals_evaluate_at_seed_r(tiny_onnx, tiny_classifier, toy_data_root, tmp_path):
     r = _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path / "o", repeats=2, bits=(32,))
     for seed in (0, 1):

@@ -185,7 +185,9 @@ def fig_quality_vs_size(rows, path: Path) -> None:
 
 
 def _kib_axis(ax) -> None:
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
 
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1024:,.0f} KiB" if x < 2 ** 20
                                                else f"{x / 2 ** 20:,.1f} MiB"))

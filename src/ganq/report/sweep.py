@@ -336,9 +336,10 @@ def run_job(job: Job, ctx: Context) -> dict:
             write_bytes_atomic(cell, buf.getvalue())
             got[r] = (row, grid)
     per = [g[0] for g in got]
-    for p in per:  # rows cached before methods were keyed per row
+    for r, p in enumerate(per):  # rows cached before methods, repeats and kinds were recorded
         p.setdefault("kind", "uniform")
         p["method"] = job.method
+        p["seed"] = s.seed + r
     return {"row": aggregate(per), "grid": got[0][1], "job": job}
 
 
