@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ganq.evaluate.catalogue import METRICS
 from ganq.report import analysis
 from ganq.report.pages import _claim_rows, _smallest_rows, stat
 
@@ -33,7 +34,7 @@ def main(path: str) -> None:
             for k in keys:
                 cells = [stat(by[b], k, f) if b in by else "-" for b in widths]
                 mix = f"{stat(mixed, k, f)} ({mixed['bits']:.2f} b)" if mixed else "-"
-                print(f"| {model} | {m} | {k} | {stat(f, k)} | " + " | ".join(cells) + f" | {mix} |")
+                print(f"| {model} | {m} | {METRICS[k].short} | {stat(f, k)} | " + " | ".join(cells) + f" | {mix} |")
             kib = [f"{by[b]['bytes_file'] / 1024:,.0f}" if b in by else "-" for b in widths]
             mix = f"{mixed['bytes_file'] / 1024:,.0f}" if mixed else "-"
             print(f"| {model} | {m} | file KiB | {f['bytes_file'] / 1024:,.0f} | " + " | ".join(kib) + f" | {mix} |")

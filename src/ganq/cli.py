@@ -757,27 +757,24 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
         r = run_sweep(models, settings, out, dataset, features, data_root, progress, execution)
 
     def render(r):
+        from ganq.evaluate.catalogue import METRICS
         from ganq.report.analysis import float_row
-        from ganq.report.pages import stat
+        from ganq.report.pages import bits_label, stat
+
+        keys = ("inception_score", "fid", "precision", "recall")
         show_method = any(x["method"] not in ("minmax", "fp32") for x in r["rows"])
-        rows = [[x["model"]] + ([x["method"]] if show_method else []) + [
-                 _bits_cell(x)] + [stat(x, k, float_row(r["rows"], x["model"])) for k in (
-                 "inception_score", "fid", "precision", "recall")] + [_size(x["bytes_file"]),
-                 f"{x['images_per_s']:,.0f}" if x.get("images_per_s") else "-"] for x in r["rows"]]
+        rows = [[x["model"]] + ([x["method"]] if show_method else []) + [bits_label(x)]
+                + [stat(x, k, float_row(r["rows"], x["model"])) for k in keys]
+                + [_size(x["bytes_file"]), f"{x['images_per_s']:,.0f}" if x.get("images_per_s") else "-"]
+                for x in r["rows"]]
         repeats = max(x.get("repeats", 1) for x in r["rows"])
-        out_console.print(_table(f"sweep{f' (mean ± std over {repeats} seeds; ≈: within noise of fp32)' if repeats > 1 else ''}",
-                                 ["model"] + (["method"] if show_method else []) + [
-            "bits", "IS", "FID", "precision", "recall", "file", "img/s"], rows))
+        title = f"sweep (mean ± std over {repeats} seeds; ≈: within noise of fp32)" if repeats > 1 else "sweep"
+        out_console.print(_table(title, ["model"] + (["method"] if show_method else []) + ["bits"]
+                                 + [METRICS[k].short for k in keys] + ["file", "img/s"], rows))
         for f in r.get("failed", []):
             out_console.print(f"{f['model']} mixed {f['method']}: {f['error']}", highlight=False)
         out_console.print(f"report: {r['index']}", highlight=False)
     _emit(r, as_json, render)
-
-
-def _bits_cell(x) -> str:
-    if x.get("kind") == "mixed":
-        return f"mixed {x['bits']:.2f}"
-    return "fp32" if x["bits"] == 32 else str(x["bits"])
 
 
 def main():
