@@ -299,3 +299,21 @@ def test_dask_local_cluster_equals_serial(tiny_onnx, tiny_classifier, toy_data_r
                  scheduler=cluster.scheduler_address)
     assert len(r["rows"]) == 3
     assert _content(tmp_path / "dask" / "results.json") == _content(tmp_path / "serial" / "results.json")
+
+
+def test_mixed_target_out_of_reach_is_a_line_not_a_failed_sweep(tiny_onnx, tiny_classifier, toy_data_root, tmp_path,
+                                                                monkeypatch):
+    real_evaluate = ev.evaluate
+
+    def costly(model, *a, **k):  # every quantized tensor costs 50 FID: no plan reaches fid=1.1
+        out = real_evaluate(model, *a, **k)
+        if out["quantization"] and out["quantization"]["bits"] != 32:
+            out["fid"] += 50.0
+        return out
+
+    monkeypatch.setattr(ev, "evaluate", costly)
+    r = _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path / "o", bits=(32, 4), mixed="fid=1.1",
+             mixed_choices=(2, 4), proxy_n=100)
+    assert [x["bits"] for x in r["rows"]] == [32, 4]
+    assert len(r["failed"]) == 1 and "out of reach" in r["failed"][0]["error"]
+    assert (tmp_path / "o" / "report.md").exists()

@@ -26,6 +26,10 @@ from pathlib import Path
 from ganq.errors import GanqError, check_range
 from ganq.evaluate.catalogue import TARGETS, metric
 
+class OutOfReach(GanqError):
+    """The target cannot be met over the bit choices: a result about the model, not a failure of the run."""
+
+
 SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(B|KB|KIB|MB|MIB|K|M)?\s*$", re.I)
 UNITS = {None: 1, "B": 1, "K": 1024, "KB": 1000, "KIB": 1024, "M": 1024 ** 2, "MB": 1000 ** 2, "MIB": 1024 ** 2}
 
@@ -224,7 +228,7 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
                 best = min(front, key=lambda t: (t[1], t[0]))
                 m = metric(name)
                 value = fp32_proxy[name] - best[1] if m.higher_is_better else fp32_proxy[name] + best[1]
-                raise GanqError(f"--target {mixed.target} is out of reach of --bits-choices "
+                raise OutOfReach(f"--target {mixed.target} is out of reach of --bits-choices "
                                 f"{','.join(map(str, mixed.bits_choices))}: the best reachable is about "
                                 f"{name}={value / fp32_proxy[name]:.3f} (by the proxy); loosen the target or add "
                                 "wider widths")
@@ -253,7 +257,7 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
             got = rounds[-1]
             if mixed.target is not None:
                 best = (max if metric(name).higher_is_better else min)(r[name] for r in rounds)
-                raise GanqError(f"the verified plan misses {mixed.target}: {name} {got[name]:.3f} against the fp32 "
+                raise OutOfReach(f"the verified plan misses {mixed.target}: {name} {got[name]:.3f} against the fp32 "
                                 f"{full_fp32[name]:.3f} x {mixed.ratio} after {len(rounds)} verification(s); the "
                                 f"best reachable was {name}={best / full_fp32[name]:.3f}; widen --bits-choices or "
                                 "--max-rounds")
@@ -295,4 +299,4 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
             "granularity": options.granularity, "format": options.format}
 
 
-__all__ = ["MixedOptions", "mixed_quantize", "pareto", "choose", "parse_target", "parse_size"]
+__all__ = ["OutOfReach", "MixedOptions", "mixed_quantize", "pareto", "choose", "parse_target", "parse_size"]

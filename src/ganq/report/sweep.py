@@ -223,8 +223,10 @@ def _job_threads(ctx: Context):
         return ctx.threads
     try:
         from distributed import get_worker
-        return int(getattr(get_worker(), "nthreads", None) or getattr(get_worker().state, "nthreads"))
-    except Exception:
+
+        w = get_worker()
+        return int(getattr(w, "nthreads", None) or w.state.nthreads)
+    except Exception:  # not on a Dask worker, or an API without nthreads: onnxruntime's default
         return None
 
 
@@ -243,7 +245,7 @@ def _file_tag(job: Job) -> str:
 
 def _mixed_file(job: Job, ctx: Context) -> tuple[Path, dict | None]:
     """The mixed-precision file of a job and its report: made once (cached as JSON beside the rows), then reused."""
-    from ganq.mixed import MixedOptions, mixed_quantize
+    from ganq.mixed import MixedOptions, OutOfReach, mixed_quantize
 
     s = ctx.settings
     out = Path(ctx.out)
@@ -263,7 +265,7 @@ def _mixed_file(job: Job, ctx: Context) -> tuple[Path, dict | None]:
                                           verify_n=s.n, seed=s.seed),
                              job.model.dataset, job.net, ctx.data_root, cache=out / "cache" / "features",
                              compare_uniform=False, threads=_job_threads(ctx))
-    except GanqError as e:  # the target is out of reach: a finding, kept, not a crash of the whole sweep
+    except OutOfReach as e:  # a finding about the model, kept (other errors stop the sweep and cache nothing)
         rep = {"error": str(e)}
         write_text_atomic(rep_path, json.dumps(rep) + "\n")
         return qpath, rep
