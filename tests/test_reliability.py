@@ -195,12 +195,20 @@ def test_zoo_names_are_names(tmp_path):
 
 # --- signals: SIGINT and SIGKILL in the middle of the work ----------------------------------------------------
 
+def _default_sigint():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _ganq(*args, **kw):
     import subprocess
     import sys
 
+    # SIGINT as a terminal gives it: a suite started in the background of a non-interactive shell inherits SIGINT
+    # ignored, and so would ganq, which would then never see the Ctrl-C these tests send
     return subprocess.Popen([sys.executable, "-m", "ganq", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
 
 def _wait_for(cond, timeout=60.0):
