@@ -234,7 +234,10 @@ def test_signal_during_quantize_leaves_nothing(tiny_onnx, tmp_path, sig):
     time.sleep(3.0)  # into the calibration and solve (the whole run would take many minutes)
     assert p.poll() is None, p.communicate()
     p.send_signal(getattr(signal, sig))
-    _, err = p.communicate(timeout=60)
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:  # a ganq that did not stop must not outlive the test
+        p.kill()
     if sig == "SIGINT":
         assert p.returncode == 130 and err.strip().splitlines() == ["error: interrupted; files already written are "
                                                                     "complete"], err
