@@ -316,4 +316,6 @@ def test_mixed_target_out_of_reach_is_a_line_not_a_failed_sweep(tiny_onnx, tiny_
              mixed_choices=(2, 4), proxy_n=100)
     assert [x["bits"] for x in r["rows"]] == [32, 4]
     assert len(r["failed"]) == 1 and "out of reach" in r["failed"][0]["error"]
-    assert (tmp_path / "o" / "report.md").exists()
+    assert "## Mixed-precision rows out of reach" in (tmp_path / "o" / "report.md").read_text()
+    assert "out of reach" in (tmp_path / "o" / "index.html").read_text()
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["failed"] == r["failed"]

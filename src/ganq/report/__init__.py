@@ -19,10 +19,10 @@ def sweep(models: list[str], settings: SweepSettings, out: str | Path, dataset: 
     refs = parse_models(models, dataset)
     res = run_sweep(refs, settings, out, features, data_root, progress, execution)
     figures = list(FIGURES)
-    if not _unchanged(out, res["rows"], settings, refs):  # a rerun from the cache redraws nothing
+    if not _unchanged(out, res["rows"], settings, refs, res["failed"]):  # a rerun from the cache redraws nothing
         write_figures(out, res["rows"], res["samples"], res["reals"])
-        write_pages(out, res["rows"], asdict(settings), figures, {r.name: r.arch for r in refs})
-        write_tables(out, res["rows"], settings, refs)
+        write_pages(out, res["rows"], asdict(settings), figures, {r.name: r.arch for r in refs}, res["failed"])
+        write_tables(out, res["rows"], settings, refs, res["failed"])
     return {"rows": res["rows"], "failed": res["failed"], "out": str(out), "index": str(out / "index.html"), "figures": figures}
 
 
@@ -30,7 +30,7 @@ FIGURES = ("fig-samples.png", "fig-inception.png", "fig-precision-recall.png", "
            "fig-quality-vs-size.png")
 
 
-def _unchanged(out: Path, rows, settings, refs) -> bool:
+def _unchanged(out: Path, rows, settings, refs, failed=()) -> bool:
     """True when results.json already holds exactly these rows and settings and every output file exists."""
     import json
 
@@ -42,8 +42,8 @@ def _unchanged(out: Path, rows, settings, refs) -> bool:
         old = json.loads((out / "results.json").read_text())
     except (OSError, ValueError):
         return False
-    new = json.loads(json.dumps({"settings": asdict(settings), "models": [asdict(r) for r in refs], "rows": rows},
-                                default=_json_default))
+    new = json.loads(json.dumps({"settings": asdict(settings), "models": [asdict(r) for r in refs], "rows": rows,
+                                 "failed": list(failed)}, default=_json_default))
     return old == new
 
 

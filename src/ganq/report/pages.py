@@ -87,7 +87,11 @@ def _claims_method(settings: dict) -> str:
     return "minmax" if "minmax" in labels else labels[0]
 
 
-def markdown(rows, settings: dict, figures: list[str], archs: dict | None = None) -> str:
+def _failed_lines(failed) -> list[str]:
+    return [f"{f['model']} ({f['method']}): {f['error']}" for f in failed or ()]
+
+
+def markdown(rows, settings: dict, figures: list[str], archs: dict | None = None, failed=()) -> str:
     def table(header, body):
         return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
             "| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |" for line in body]
@@ -96,6 +100,8 @@ def markdown(rows, settings: dict, figures: list[str], archs: dict | None = None
     for m, rs in _groups(rows):
         ref = analysis.float_row(rows, m)
         lines += [f"## {m} ({rs[0]['dataset']})", ""] + table(_header(rs), [_cells(r, ref) for r in rs]) + [""]
+    if failed:
+        lines += ["## Mixed-precision rows out of reach", ""] + [f"- {x}" for x in _failed_lines(failed)] + [""]
     lines += ["## Smallest file within 10% of the fp32 FID", ""] + table(*_smallest_rows(rows)) + [""]
     method = _claims_method(settings)
     lines += [f"## The study's claims, checked ({method} rows)", ""] + table(*_claim_rows(rows, archs or {}, method))
@@ -103,7 +109,7 @@ def markdown(rows, settings: dict, figures: list[str], archs: dict | None = None
     return "\n".join(lines) + "\n"
 
 
-def index_html(out: Path, rows, settings: dict, figures: list[str], archs: dict | None = None) -> str:
+def index_html(out: Path, rows, settings: dict, figures: list[str], archs: dict | None = None, failed=()) -> str:
     def table(header, body):
         return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
                 + "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in line) + "</tr>"
@@ -118,6 +124,9 @@ def index_html(out: Path, rows, settings: dict, figures: list[str], archs: dict 
         ref = analysis.float_row(rows, m)
         parts.append(f"<h2>{html.escape(m)} ({html.escape(rs[0]['dataset'])})</h2>"
                      + table(_header(rs), [_cells(r, ref) for r in rs]))
+    if failed:
+        parts.append("<h2>Mixed-precision rows out of reach</h2><ul>"
+                     + "".join(f"<li>{html.escape(x)}</li>" for x in _failed_lines(failed)) + "</ul>")
     parts.append("<h2>Smallest file within 10% of the fp32 FID</h2>" + table(*_smallest_rows(rows)))
     method = _claims_method(settings)
     parts.append(f"<h2>The study's claims, checked ({html.escape(method)} rows)</h2>"
@@ -129,6 +138,6 @@ def index_html(out: Path, rows, settings: dict, figures: list[str], archs: dict 
     return "\n".join(parts)
 
 
-def write_pages(out: Path, rows, settings: dict, figures: list[str], archs: dict | None = None) -> None:
-    write_text_atomic(out / "report.md", markdown(rows, settings, figures, archs))
-    write_text_atomic(out / "index.html", index_html(out, rows, settings, figures, archs))
+def write_pages(out: Path, rows, settings: dict, figures: list[str], archs: dict | None = None, failed=()) -> None:
+    write_text_atomic(out / "report.md", markdown(rows, settings, figures, archs, failed))
+    write_text_atomic(out / "index.html", index_html(out, rows, settings, figures, archs, failed))

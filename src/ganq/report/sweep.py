@@ -561,9 +561,10 @@ def _csv_columns() -> list[str]:
                                      "bytes_ideal", "bytes_gzip", "bytes_fp32", "images_per_s", "file"])
 
 
-def write_tables(out: Path, rows: list[dict], settings: SweepSettings, refs: list[ModelRef]) -> None:
+def write_tables(out: Path, rows: list[dict], settings: SweepSettings, refs: list[ModelRef], failed=()) -> None:
+    """results.json (with the mixed rows out of reach under `failed`), results.csv and the folder's marker."""
     write_text_atomic(out / "results.json", json.dumps(
-        {"settings": asdict(settings), "models": [asdict(r) for r in refs], "rows": rows},
+        {"settings": asdict(settings), "models": [asdict(r) for r in refs], "rows": rows, "failed": list(failed)},
         indent=1, default=_json_default) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, _csv_columns(), extrasaction="ignore")
