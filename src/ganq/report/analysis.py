@@ -169,7 +169,7 @@ def _claim_together(model, by_bits, drop=0.05):
 
 
 def _ratio(row, ref, key="fid"):
-    """Per-seed row/ref ratios of key: (mean, std over seeds or None)."""
+    """Per-seed row/ref ratios of key: (mean, std over seeds or None without repeats, number of seeds)."""
     a = [p[key] for p in row.get("per_seed", [])]
     b = [p[key] for p in ref.get("per_seed", [])]
     if a and len(a) == len(b) and row.get("seeds") == ref.get("seeds"):

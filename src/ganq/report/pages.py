@@ -41,7 +41,7 @@ def _groups(rows):
     return [(m, [r for r in rows if r["model"] == m]) for m in models]
 
 
-def _header(rows):
+def _header():
     return ["method", "bits"] + [m.short for m in METRICS.values()] + [c[1] for c in SIZE_COLUMNS]
 
 
@@ -99,7 +99,7 @@ def markdown(rows, settings: dict, figures: list[str], archs: dict | None = None
     lines = ["# ganq sweep", "", _intro(settings), ""]
     for m, rs in _groups(rows):
         ref = analysis.float_row(rows, m)
-        lines += [f"## {m} ({rs[0]['dataset']})", ""] + table(_header(rs), [_cells(r, ref) for r in rs]) + [""]
+        lines += [f"## {m} ({rs[0]['dataset']})", ""] + table(_header(), [_cells(r, ref) for r in rs]) + [""]
     if failed:
         lines += ["## Mixed-precision rows out of reach", ""] + [f"- {x}" for x in _failed_lines(failed)] + [""]
     lines += ["## Smallest file within 10% of the fp32 FID", ""] + table(*_smallest_rows(rows)) + [""]
@@ -123,7 +123,7 @@ def index_html(out: Path, rows, settings: dict, figures: list[str], archs: dict 
     for m, rs in _groups(rows):
         ref = analysis.float_row(rows, m)
         parts.append(f"<h2>{html.escape(m)} ({html.escape(rs[0]['dataset'])})</h2>"
-                     + table(_header(rs), [_cells(r, ref) for r in rs]))
+                     + table(_header(), [_cells(r, ref) for r in rs]))
     if failed:
         parts.append("<h2>Mixed-precision rows out of reach</h2><ul>"
                      + "".join(f"<li>{html.escape(x)}</li>" for x in _failed_lines(failed)) + "</ul>")

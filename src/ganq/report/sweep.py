@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ganq._io import write_text_atomic
+from ganq._io import write_bytes_atomic, write_text_atomic
 from ganq.errors import GanqError
 from ganq.evaluate import EvalOptions, FeatureCache, FeatureNet, real_images, resolve_features
 from ganq.quantize import FLOAT_BITS, QuantizeOptions, quantize_file
@@ -334,7 +334,6 @@ def run_job(job: Job, ctx: Context) -> dict:
             grid = images[:GRID]
             buf = io.BytesIO()
             np.savez(buf, row=np.array(json.dumps(row, default=_json_default)), grid=grid)
-            from ganq._io import write_bytes_atomic
             write_bytes_atomic(cell, buf.getvalue())
             got[r] = (row, grid)
     per = [g[0] for g in got]
@@ -377,14 +376,16 @@ def aggregate(per_seed: list[dict]) -> dict:
     return row
 
 
-def plan_jobs(refs: list[ModelRef], settings: SweepSettings, features: str | None) -> list[Job]:
-    """Every row of the sweep, in report order: per model the float row, then each method's widths and its mixed
-    row."""
-    jobs = []
+def plan_jobs(refs: list[ModelRef], settings: SweepSettings, features: str | None):
+    """Every row of the sweep, in report order (per model the float row, then each method's widths and its mixed
+    row), and the feature networks they use, loaded once each: (jobs, {net_ref: FeatureNet})."""
+    jobs, nets = [], {}
     for ref in refs:
         g = Generator(ref.model)
         net_ref = resolve_features(features, ref.dataset, g.spec.image_shape)
-        net = FeatureNet(net_ref)
+        if net_ref not in nets:
+            nets[net_ref] = FeatureNet(net_ref)
+        net = nets[net_ref]
         if g.spec.image_shape != net.image_shape:
             raise GanqError(f"{ref.model} makes {'x'.join(map(str, g.spec.image_shape))} images but {ref.dataset}'s "
                             f"feature network takes {'x'.join(map(str, net.image_shape))}")
@@ -396,7 +397,7 @@ def plan_jobs(refs: list[ModelRef], settings: SweepSettings, features: str | Non
             jobs += [Job(ref, label, name, opts, b, net_ref, prefix) for b in settings.bits if b != FLOAT_BITS]
             if settings.mixed:
                 jobs.append(Job(ref, label, name, opts, None, net_ref, prefix))
-    return jobs
+    return jobs, nets
 
 
 @dataclass(frozen=True)
@@ -442,10 +443,10 @@ def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, fe
     fresh = not out.exists() or not any(out.iterdir())
     if not fresh and not is_sweep(out):
         raise GanqError(f"{out}: folder exists and holds no ganq sweep; choose another --out")
-    jobs = plan_jobs(refs, settings, features)
+    jobs, nets = plan_jobs(refs, settings, features)
     client = connect(scheduler) if scheduler else None  # before anything is written: an unreachable one costs nothing
     try:
-        return _run(jobs, refs, settings, out, data_root, progress, fresh, marker, workers, client)
+        return _run(jobs, nets, refs, settings, out, data_root, progress, fresh, marker, workers, client)
     except BaseException:
         # a failed or interrupted first attempt that cached nothing leaves nothing behind
         if fresh and out.is_dir() and not any((out / "cache").glob("*.npz")):
@@ -470,8 +471,10 @@ def _read_cell(cache: Path, bits, name: str):
     try:
         with np.load(cache, allow_pickle=False) as z:
             row, grid = json.loads(str(z["row"])), z["grid"]
+        if not isinstance(row, dict):
+            raise ValueError("not a row")
         fits = row.get("kind") == "mixed" if bits is None else row.get("bits") == bits
-        if (isinstance(row, dict) and fits and row.get("model") == name
+        if (fits and row.get("model") == name
                 and isinstance(row.get("fid"), (int, float)) and grid.dtype == np.uint8 and grid.ndim == 4):
             return row, grid
     except Exception:  # truncated, random or foreign bytes: np.load and json raise many types
@@ -488,7 +491,7 @@ def _label(job: Job) -> str:
     return f"{job.model.name} {job.method} {'mixed' if job.bits is None else f'{job.bits}-bit'}"
 
 
-def _run(jobs, refs, settings, out, data_root, progress, fresh, marker, workers, client) -> dict:
+def _run(jobs, nets, refs, settings, out, data_root, progress, fresh, marker, workers, client) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if fresh or not marker.exists():
         # the marker comes first, so that an interrupted first sweep is resumed, not refused
@@ -498,14 +501,10 @@ def _run(jobs, refs, settings, out, data_root, progress, fresh, marker, workers,
     tick = progress or (lambda done, total, label: None)
     # real features first, here, once per (data set, seed): workers then read them from the cache
     fc = FeatureCache(out / "cache" / "features")
-    nets = {}
     for net_ref, ds in dict.fromkeys((j.net, j.model.dataset) for j in jobs):
-        if net_ref not in nets:
-            nets[net_ref] = FeatureNet(net_ref)
-        net = nets[net_ref]
         for r in range(settings.repeats):
             tick(0, len(jobs), f"real features {ds} seed {settings.seed + r}")
-            fc.real(net, ds, settings.eval.real_split, settings.n, settings.seed + r, data_root)
+            fc.real(nets[net_ref], ds, settings.eval.real_split, settings.n, settings.seed + r, data_root)
     data_root = str(data_root) if data_root is not None else None
     results = []
     if client is not None:
