@@ -1,0 +1,61 @@
+"""The golden cases: quantize options on two zoo generators whose output files must stay byte-identical across
+refactors (tests/test_golden.py). `python tests/golden/cases.py` rewrites digests.json from the current code: run it
+only when a change of the files is intended, and say so in the commit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+MODELS = ("mnist-fc4", "fashion-mnist-cnn3")
+FORMATS = ("fake", "int", "packed")
+# calibrated methods on a small calibration set and short schedules, so the whole grid runs in about a minute
+CALIBRATED = {"gptq": (), "adaround": (("steps", "20"),)}
+RTN = ("minmax", "symmetric", "mse", "aciq", "log2", "tanh", "em", "kmeans", "ocs")
+
+
+def cases():
+    """(case id, model name, QuantizeOptions kwargs)."""
+    out = []
+    for model in MODELS:
+        for fmt in FORMATS:
+            for method in RTN + tuple(CALIBRATED):
+                bits = 3 if method not in ("log2",) else 4
+                kw = {"bits": bits, "method": method, "format": fmt, "granularity": "channel",
+                      "method_opts": CALIBRATED.get(method, ()), "calibration": 64}
+                out.append((f"{model}/{fmt}/{method}", model, kw))
+            extra = {
+                "minmax-tensor-4": {"bits": 4, "granularity": "tensor"},
+                "minmax-foldbn-bias": {"bits": 4, "fold_bn": True, "include_bias": True, "granularity": "channel"},
+                "mse-mixed": {"bits": 4, "method": "mse", "tensor_bits": (("first", 2), ("last", 8)),
+                              "granularity": "channel"},
+                "minmax-recalibrate": {"bits": 3, "recalibrate_bn": True, "granularity": "channel",
+                                       "calibration": 64},
+                "gptq-recalibrate": {"bits": 3, "method": "gptq", "recalibrate_bn": True, "granularity": "channel",
+                                     "calibration": 64},
+            }
+            for name, kw in extra.items():
+                out.append((f"{model}/{fmt}/{name}", model, dict(kw, format=fmt)))
+    return out
+
+
+def digest(model: str, kw: dict) -> str:
+    from ganq.quantize import QuantizeOptions, quantize_model
+    from ganq.quantize import load_model
+    from ganq.zoo import path as zoo_path
+
+    m, _ = quantize_model(load_model(zoo_path(model)), QuantizeOptions(**kw))
+    return hashlib.sha256(m.SerializeToString()).hexdigest()
+
+
+if __name__ == "__main__":
+    import time
+
+    table = {}
+    for cid, model, kw in cases():
+        t = time.perf_counter()
+        table[cid] = digest(model, kw)
+        print(f"{cid}: {time.perf_counter() - t:.2f} s", file=sys.stderr)
+    Path(__file__).with_name("digests.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
