@@ -23,3 +23,25 @@ def test_every_case_has_a_recorded_digest():
 def test_files_are_byte_identical_to_the_recorded_ones(model):
     wrong = [cid for cid, m, kw in cases() if m == model and digest(m, kw) != DIGESTS[cid]]
     assert not wrong, f"{len(wrong)} files changed: {wrong[:8]}"
+
+
+def test_a_sweep_written_before_the_shape_change_resumes_with_zero_recomputed_cells(tmp_path):
+    """tests/golden/sweep holds the cache of `ganq sweep` made before issue 21 (fp32 + minmax/gptq at 4 bits + mixed
+    rows, 2 seeds): a rerun with the same options reads every cell and quantizes nothing (models/ stays empty)."""
+    import hashlib
+    import shutil
+    import subprocess
+
+    out = tmp_path / "sweep"
+    shutil.copytree(Path(__file__).parent / "golden" / "sweep", out)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "cache").glob("*.npz")}
+    assert len(before) == 10  # 2 seeds x (fp32, minmax 4, gptq 4, 2 mixed)
+    r = subprocess.run([sys.executable, "-m", "ganq", "sweep", "zoo:fashion-mnist-cnn3", "--bits", "32,4",
+                        "--methods", "minmax,gptq", "--calibration", "64", "--repeats", "2", "--n", "200",
+                        "--no-speed", "--mixed", "fid=3", "--mixed-choices", "4,8", "--proxy-n", "100", "--out",
+                        str(out), "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "cache").glob("*.npz")}
+    assert after == before
+    assert not list((out / "models").glob("*.onnx")), "a cell was recomputed: a model was quantized"
+    assert len(json.loads(r.stdout)["rows"]) == 5
