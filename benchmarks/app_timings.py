@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main():
     from ganq.app import build_app, serve
     from ganq.quantize import QuantizeOptions, quantize_file
-    from ganq.runtime import resolve_model
+    from ganq.onnx_io import resolve_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ganq.quantize import QuantizeOptions, quantize_file
-from ganq.runtime import resolve_model
+from ganq.onnx_io import resolve_model
 from ganq.runtime import Generator
 from ganq.runtime.bench import BenchJob, machine, run_isolated
 
@@ -36,8 +36,8 @@ def ort_qdq_int8(src: Path, out: Path) -> Path:
     quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
     m = onnx.load(str(out))
-    del m.metadata_props[:]
-    m.metadata_props.extend(onnx.load(str(src), load_external_data=False).metadata_props)
+    from ganq.onnx_io import copy_metadata, load_model
+    copy_metadata(load_model(src, external_data=False), m)
     onnx.save(m, str(out))
     return out
 

@@ -20,10 +20,11 @@ import onnx
 from onnx import numpy_helper
 
 from ganq.evaluate import EvalOptions
-from ganq.quantize.calibrate import Calibrator, calibration_latents
+from ganq.onnx_io import sample_latents
+from ganq.quantize.calibrate import Calibrator
 from ganq.report import SweepSettings, sweep
-from ganq.runtime import resolve_model
-from ganq.spec import read_spec
+from ganq.onnx_io import resolve_model
+from ganq.onnx_io import read_spec
 
 MODELS = ("zoo:mnist-fc4@mnist", "zoo:mnist-cnn5@mnist", "zoo:fashion-mnist-cnn3@fashion-mnist",
           "zoo:cifar10-jpeg-cnn3@cifar10-jpeg")
@@ -45,7 +46,7 @@ def bn_drift(model_ref: str, n: int = 1024) -> dict:
     model = onnx.load(str(resolve_model(model_ref)))
     spec = read_spec(model)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    cal = Calibrator(model, spec.input_name, calibration_latents(spec.latent, spec.latent_dim, n, 0))
+    cal = Calibrator(model, spec.input_name, sample_latents(spec, n, 0, calibration=True))
     out = []
     for node in model.graph.node:
         if node.op_type != "BatchNormalization":

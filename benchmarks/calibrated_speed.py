@@ -24,7 +24,7 @@ CHILD = r"""
 import json, sys, tempfile, time
 from pathlib import Path
 from ganq.quantize import QuantizeOptions, quantize_file
-from ganq.runtime import resolve_model
+from ganq.onnx_io import resolve_model
 model, method, opts, bn = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] == "1"
 o = QuantizeOptions(bits=3, method=method, method_opts=tuple(tuple(x.split("=", 1)) for x in opts),
                     granularity="channel", format="packed", recalibrate_bn=bn)

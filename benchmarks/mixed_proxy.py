@@ -17,7 +17,7 @@ from scipy.stats import spearmanr
 from ganq.evaluate import EvalOptions, evaluate
 from ganq.quantize import QuantizeOptions, load_model, make_plan, quantize_file
 from ganq.quantize.plan import Plan, TensorPlan
-from ganq.runtime import resolve_model
+from ganq.onnx_io import resolve_model
 
 
 def main():

@@ -18,19 +18,12 @@ import numpy as np
 
 
 def timed(path: Path, level=None, runs: int = 200) -> tuple[float, float]:
-    import onnxruntime as ort
+    from ganq.onnx_io import session
 
-    from ganq.runtime import session_options
-
-    so = session_options(threads=1)
-    if level == "disable":
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    elif level == "basic":
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     loads = []
     for _ in range(5):
         t0 = time.perf_counter()
-        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        s = session(path, threads=1, optimization=level)
         loads.append((time.perf_counter() - t0) * 1e3)
     z = np.random.default_rng(0).standard_normal((1, 100)).astype(np.float32)
     for _ in range(20):
@@ -46,7 +39,7 @@ def timed(path: Path, level=None, runs: int = 200) -> tuple[float, float]:
 def main():
     from ganq.app.mobile import export_ort
     from ganq.quantize import QuantizeOptions, quantize_file
-    from ganq.runtime import resolve_model
+    from ganq.onnx_io import resolve_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="zoo:fashion-mnist-cnn3")

@@ -14,13 +14,21 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ganq.errors import GanqError
 from ganq.quantize import QuantizeOptions, quantize_file, quantize_model
-from ganq.quantize.calibrate import _gram, calibration_latents, column_blocks, layer_columns
+from ganq.quantize.calibrate import _gram, column_blocks, layer_columns
 from ganq.quantize.decoders import rows
 from ganq.quantize.methods import SolveContext, make_method
 from ganq.quantize.methods._calibrated import decode, grid_rows, nearest, output_error
 from ganq.quantize.methods.adaround import adaround_codes
 from ganq.quantize.methods.gptq import gptq_codes
-from ganq.spec import META_QUANT, META_SPEC, GeneratorSpec, read_metadata, write_metadata
+from ganq.spec import GeneratorSpec
+from ganq.onnx_io import META_QUANT, META_SPEC, read_metadata, write_metadata
+
+
+def calibration_latents(latent, dim, n, seed):
+    from ganq.onnx_io import sample_latents
+
+    return sample_latents(GeneratorSpec(latent_dim=dim, channels=1, height=1, width=1, latent=latent), n, seed,
+                          calibration=True)
 
 
 def _layer(op, x_shape, w_shape, seed=0, bias=True, **attrs):

@@ -6,7 +6,8 @@ pytest.importorskip("torch")
 
 from ganq.errors import GanqError  # noqa: E402
 from ganq.export import OPSET  # noqa: E402
-from ganq.spec import META_SPEC, GeneratorSpec, read_metadata, read_spec  # noqa: E402
+from ganq.spec import GeneratorSpec  # noqa: E402
+from ganq.onnx_io import META_SPEC, read_metadata, read_spec
 
 
 def test_export_contract(tiny_onnx):
@@ -61,7 +62,7 @@ def test_export_refuses_bad_source(tmp_path):
 
 
 def test_describe_foreign_model(tiny_onnx, tmp_path):
-    from ganq.spec import describe
+    from ganq.onnx_io import describe
 
     m = onnx.load(str(tiny_onnx))
     del m.metadata_props[:]

@@ -117,7 +117,7 @@ def test_spec_against_a_graph(tiny_onnx, tmp_path, text):
     import onnx
 
     from ganq.runtime import Generator
-    from ganq.spec import META_SPEC, write_metadata
+    from ganq.onnx_io import META_SPEC, write_metadata
 
     m = onnx.load(str(tiny_onnx))
     write_metadata(m, META_SPEC, text)
@@ -135,7 +135,7 @@ def test_features_metadata(tiny_classifier, tmp_path, text):
     import onnx
 
     from ganq.evaluate import FeatureNet
-    from ganq.spec import write_metadata
+    from ganq.onnx_io import write_metadata
 
     m = onnx.load(str(tiny_classifier[0]))
     write_metadata(m, "ganq.features", text)
@@ -181,7 +181,7 @@ def test_spec_that_does_not_match_the_graph(tiny_onnx, tmp_path, change, msg):
     import onnx
 
     from ganq.runtime import Generator
-    from ganq.spec import META_SPEC, read_metadata, write_metadata
+    from ganq.onnx_io import META_SPEC, read_metadata, write_metadata
 
     m = onnx.load(str(tiny_onnx))
     spec = json.loads(read_metadata(m)[META_SPEC])

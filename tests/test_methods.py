@@ -19,7 +19,7 @@ from ganq.quantize.decoders import Codebook
 from ganq.quantize.methods import METHODS, SolveContext, make_method, parse_method_opts
 from ganq.quantize.methods.aciq import GAUSSIAN, LAPLACE, alpha_ratio
 from ganq.quantize.methods.ocs import split_channels
-from ganq.spec import META_QUANT, read_metadata
+from ganq.onnx_io import META_QUANT, read_metadata
 
 ALL = [n for n in METHODS.names() if not METHODS.get(n).calibrated]  # the calibrated ones: test_calibrate.py
 CTX = SolveContext("W", "Gemm", in_axis=1, x_axis=1)  # rows of x below are output channels, columns inputs
@@ -223,7 +223,7 @@ CASES = {
 def _session(model):
     # ganq's session options: stock onnxruntime fuses DequantizeLinear -> MatMul (when no Add sits between, as with
     # symmetric's zero offset) into MatMulNBits with int8 activations (errors ~1e-2); test_stock_fusion shows it
-    from ganq.runtime import session_options
+    from ganq.onnx_io import session_options
 
     return ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
 

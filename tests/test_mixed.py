@@ -84,7 +84,7 @@ def _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, **kw):
 def test_mixed_on_the_tiny_generator(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, monkeypatch):
     import onnx
 
-    from ganq.spec import META_QUANT, read_metadata
+    from ganq.onnx_io import META_QUANT, read_metadata
 
     r = _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, avg_bits=4.0)
     assert r["avg_bits"] <= 4.0 + 1e-9

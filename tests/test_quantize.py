@@ -15,7 +15,7 @@ from ganq.quantize import QuantizeOptions, fold_batchnorm, quantize_file, quanti
 from ganq.quantize.formats import pack_planes, unpack_planes
 from ganq.quantize.methods.minmax import MinMax
 from ganq.quantize.select import find_targets
-from ganq.spec import META_QUANT, read_metadata
+from ganq.onnx_io import META_QUANT, read_metadata
 
 def _mm(x, bits, granularity="tensor", axis=None):
     return MinMax().solve(x, bits, axis if granularity == "channel" else None)
@@ -301,7 +301,7 @@ def test_refuses_double_quantization_and_junk(tiny_onnx, tmp_path):
 
 
 def test_bad_models(tiny_onnx, tmp_path):
-    from ganq.quantize import load_model
+    from ganq.onnx_io import load_model
 
     data = tiny_onnx.read_bytes()
     (tmp_path / "trunc.onnx").write_bytes(data[: len(data) // 3])

@@ -101,7 +101,7 @@ def test_numeric_option_ranges():
                     ({"epochs": 0}, "--epochs"), ({"latent_dim": 0}, "--latent-dim")):
         with pytest.raises(GanqError, match=msg):
             TrainConfig(dataset="mnist", arch="fc4", **kw)
-    from ganq.runtime import session_options
+    from ganq.onnx_io import session_options
     from ganq.runtime.bench import BenchJob
 
     for t in (0, 10000):
@@ -184,12 +184,12 @@ def test_stale_temp_files_of_dead_writers_are_cleaned(tmp_path):
 
 
 def test_zoo_names_are_names(tmp_path):
-    from ganq.runtime import resolve_model
+    from ganq.onnx_io import resolve_model
 
     with pytest.raises(GanqError, match="not shipped"):
         resolve_model("zoo:../../../../etc/passwd")
     with pytest.raises(GanqError, match="is a folder"):
-        from ganq.quantize import load_model
+        from ganq.onnx_io import load_model
         load_model(tmp_path)
 
 

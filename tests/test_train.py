@@ -270,7 +270,7 @@ def test_ema_is_the_closed_form_average():
 
 def test_train_with_ema_resumes_and_exports(tmp_path):
     from ganq.export import export
-    from ganq.spec import read_spec
+    from ganq.onnx_io import read_spec
 
     import onnx
 

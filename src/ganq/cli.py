@@ -299,7 +299,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     """Quantize a generator's weights to k bits with a method (or per layer by a GAN metric); print the report."""
     from ganq.quantize import QuantizeOptions, quantize_file
     from ganq.quantize.plan import parse_tensor_bits
-    from ganq.runtime import resolve_model
+    from ganq.onnx_io import resolve_model
 
     mixed = None
     if target is not None or budget is not None or avg_bits is not None:
@@ -380,7 +380,7 @@ def _render_mixed(r: dict) -> None:
 
 
 def _count_weights(src) -> int:
-    from ganq.quantize import load_model
+    from ganq.onnx_io import load_model
     from ganq.quantize.select import find_targets
 
     return sum(1 for t in find_targets(load_model(src, external_data=False)) if t.role == "weight")
@@ -400,7 +400,7 @@ def app_cmd(model: Annotated[str, typer.Argument(help="A ganq generator .onnx (f
             as_json: Annotated[bool, typer.Option("--json")] = False):
     """A static web page that generates with the model in the browser (onnxruntime-web, WebAssembly)."""
     from ganq.app import build_app, serve as serve_folder
-    from ganq.runtime import resolve_model
+    from ganq.onnx_io import resolve_model
 
     if serve is not None and not 0 <= serve <= 65535:
         raise GanqError(f"--serve must be a port in 0..65535, got {serve}")
@@ -430,7 +430,7 @@ def export_ort_cmd(model: Annotated[str, typer.Argument(help="A ganq generator .
     """onnxruntime's mobile format (.ort) with onnxruntime's converter, keeping the k-bit size; checked on load."""
     from ganq._io import check_out
     from ganq.app.mobile import export_ort
-    from ganq.runtime import resolve_model
+    from ganq.onnx_io import resolve_model
 
     src = resolve_model(model)
     check_out(out, force, [src])
@@ -457,9 +457,9 @@ def spec_cmd(model: Annotated[str, typer.Argument(help="A generator .onnx (or zo
              force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
     """Show a generator's spec; with --latent-dim, write one into a model exported elsewhere."""
-    from ganq.quantize import load_model
-    from ganq.runtime import resolve_model
-    from ganq.spec import describe, read_spec
+    from ganq.onnx_io import load_model
+    from ganq.onnx_io import resolve_model
+    from ganq.onnx_io import describe, read_spec
 
     model = resolve_model(model)
     if latent_dim is None:
@@ -585,10 +585,10 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
                        real_split=real_split)
     if out is not None:
         from ganq._io import check_out
-        from ganq.runtime import resolve_model
+        from ganq.onnx_io import resolve_model
         check_out(out, force, [resolve_model(model)])
     if threads is not None:
-        from ganq.runtime import session_options
+        from ganq.onnx_io import session_options
         session_options(threads)  # its range, before any work
     with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console) as bar:
@@ -654,29 +654,16 @@ def bench(models: Annotated[list[str], typer.Argument(help="Generator .onnx file
                                                             "PyTorch generator")] = None,
           as_json: Annotated[bool, typer.Option("--json")] = False):
     """Time generators in onnxruntime like a device would: load, latency p50/p95, images/s, peak memory."""
-    from ganq.runtime import PROVIDERS, resolve_model
-    from ganq.runtime.bench import QDQ_MODES, BenchJob, machine, parse_ints, run_isolated
+    from ganq.runtime.bench import BenchSettings, busy, machine, parse_ints, run_isolated
 
-    batches, thread_counts = parse_ints(batch, "--batch"), parse_ints(threads, "--threads")
-    if provider not in PROVIDERS:
-        raise GanqError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
-    modes = list(QDQ_MODES) if qdq == "both" else [qdq]
-    if any(m not in QDQ_MODES for m in modes):
-        raise GanqError(f"--qdq must be keep, fold or both, got {qdq!r}")
-    if warmup < 0 or repeat < 1:
-        raise GanqError("--warmup must be >= 0 and --repeat >= 1")
-    paths = [str(resolve_model(m)) for m in models]
-    for p in paths:
-        if not Path(p).is_file():
-            raise GanqError(f"{p}: no such file")
-    jobs = [BenchJob(p, b, t, warmup, repeat, provider, m) for p in paths for m in modes
-            for t in thread_counts for b in batches]
     if vs_torch is not None:
         _need_torch("--vs-torch")
-        jobs += [BenchJob(str(vs_torch), b, t, warmup, repeat, "cpu", "keep", "torch")
-                 for t in thread_counts for b in batches]
+    settings = BenchSettings(tuple(models), tuple(parse_ints(batch, "--batch")), tuple(parse_ints(threads, "--threads")),
+                             warmup, repeat, provider, qdq,
+                             ("torch", "ganq.train.engine:bench_loader", str(vs_torch)) if vs_torch else ())
+    jobs = settings.jobs()
     before = machine()
-    if before["load1"] > 0.5 * (before["cpus"] or 1):
+    if busy(before):
         err_console.print(f"warning: load average {before['load1']:.2f} on {before['cpus']} cores: other work "
                           "competes for the CPU and the timings will be slower and noisier", highlight=False)
     results = []

@@ -1,4 +1,4 @@
-"""GeneratorSpec: what a generator is, carried in checkpoints and in ONNX metadata_props."""
+"""GeneratorSpec: what a generator is, carried in checkpoints and (through ganq.onnx_io) in ONNX metadata."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass, field
 
 from ganq.errors import GanqError
 
-META_SPEC = "ganq.spec"
-META_QUANT = "ganq.quant"
 LATENTS = ("normal", "uniform")
 MAX_LATENT = 65_536  # a latent size beyond any GAN's; a spec asking for more is malformed
 MAX_SIDE = 8192
@@ -92,71 +90,3 @@ class GeneratorSpec:
         if not isinstance(d, dict):
             raise GanqError("spec: metadata is not a JSON object")
         return cls.from_dict(d)
-
-
-def read_metadata(model) -> dict[str, str]:
-    """metadata_props of an onnx.ModelProto as a dict."""
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def write_metadata(model, key: str, value: str) -> None:
-    """Set one metadata_props entry of an onnx.ModelProto, replacing an existing one."""
-    for p in model.metadata_props:
-        if p.key == key:
-            p.value = value
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = key, value
-
-
-def read_spec(model, source: str = "model") -> GeneratorSpec:
-    meta = read_metadata(model)
-    if META_SPEC not in meta:
-        raise GanqError(
-            f"{source} has no '{META_SPEC}' metadata: it is not a ganq generator; "
-            f"describe it first with `ganq spec {source} --latent-dim ...`"
-        )
-    return GeneratorSpec.from_json(meta[META_SPEC])
-
-
-def describe(src, dst, *, latent_dim: int, latent: str = "normal", output_range=(-1.0, 1.0),
-             input_name: str | None = None, output_name: str | None = None, dataset: str = "",
-             arch: str = "") -> GeneratorSpec:
-    """Write a GeneratorSpec into a generator exported elsewhere, checking it against the graph's signature."""
-    import onnx
-
-    from ganq._io import atomic_path
-
-    try:
-        model = onnx.load(str(src))
-    except Exception as e:
-        raise GanqError(f"{src}: not an ONNX model ({type(e).__name__})") from None
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    outputs = list(model.graph.output)
-
-    def pick(items, name, what, flag):
-        if name is None:
-            if len(items) != 1:
-                raise GanqError(f"{src} has {len(items)} {what}s ({', '.join(i.name for i in items)}); name one "
-                                f"with {flag}")
-            return items[0]
-        for i in items:
-            if i.name == name:
-                return i
-        raise GanqError(f"{src} has no {what} {name!r}; it has {', '.join(i.name for i in items)}")
-
-    zin, img = pick(inputs, input_name, "input", "--input-name"), pick(outputs, output_name, "output", "--output-name")
-    zdims = [d.dim_value if d.HasField("dim_value") else None for d in zin.type.tensor_type.shape.dim]
-    idims = [d.dim_value if d.HasField("dim_value") else None for d in img.type.tensor_type.shape.dim]
-    if len(zdims) != 2 or zdims[1] not in (None, latent_dim):
-        raise GanqError(f"input {zin.name} has shape {zdims}, not [N, {latent_dim}]")
-    if len(idims) != 4 or any(d is None for d in idims[1:]):
-        raise GanqError(f"output {img.name} has shape {idims}; ganq needs [N, C, H, W] with C, H, W fixed")
-    spec = GeneratorSpec(latent_dim=latent_dim, channels=idims[1], height=idims[2], width=idims[3], latent=latent,
-                         output_range=tuple(output_range), dataset=dataset, arch=arch, input_name=zin.name,
-                         output_name=img.name)
-    write_metadata(model, META_SPEC, spec.to_json())
-    with atomic_path(dst) as tmp:
-        onnx.save(model, str(tmp))
-    return spec

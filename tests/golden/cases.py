@@ -43,7 +43,7 @@ def cases():
 
 def digest(model: str, kw: dict) -> str:
     from ganq.quantize import QuantizeOptions, quantize_model
-    from ganq.quantize import load_model
+    from ganq.onnx_io import load_model
     from ganq.zoo import path as zoo_path
 
     m, _ = quantize_model(load_model(zoo_path(model)), QuantizeOptions(**kw))

@@ -46,8 +46,8 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
     """Write the app folder `out` for generator `model`; returns what app.json holds."""
     import onnx
 
-    from ganq.quantize import load_model
-    from ganq.spec import META_QUANT, read_metadata, read_spec
+    from ganq.onnx_io import load_model
+    from ganq.onnx_io import META_QUANT, read_metadata, read_spec
 
     model, out = Path(model), Path(out)
     proto = load_model(model)

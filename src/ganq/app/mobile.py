@@ -45,18 +45,9 @@ def _widen_4bit(model) -> int:
 
 
 def _session(path_or_bytes, level: str | None):
-    import onnxruntime as ort
+    from ganq.onnx_io import session
 
-    from ganq.runtime import session_options
-
-    so = session_options()
-    if level is not None:
-        so.graph_optimization_level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                                       "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                       "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return session(path_or_bytes, optimization=level)
 
 
 def read_operators(config: Path) -> list[str]:
@@ -78,8 +69,8 @@ def export_ort(model: str | Path, out: str | Path, optimization: str | None = No
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     from ganq._io import atomic_path
-    from ganq.quantize import load_model
-    from ganq.spec import META_QUANT, read_metadata, read_spec
+    from ganq.onnx_io import load_model
+    from ganq.onnx_io import META_QUANT, read_metadata, read_spec
 
     model, out = Path(model), Path(out)
     if optimization is not None and optimization not in LEVELS:

@@ -9,22 +9,19 @@ from pathlib import Path
 import numpy as np
 
 from ganq.errors import GanqError
+from ganq.onnx_io import META_FEATURES, load_model, read_metadata, resolve_model, session
 
-META_FEATURES = "ganq.features"
 
 
 class FeatureNet:
     """An ONNX feature network with `ganq.features` metadata; input float32 [N, C, H, W] in [-1, 1]."""
 
     def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None):
-        from ganq.quantize import load_model
-        from ganq.runtime import resolve_model, session
-
         self.path = resolve_model(model)
         if not self.path.is_file():
             raise GanqError(f"{self.path}: no such feature network")
         proto = load_model(self.path, external_data=False)
-        meta = {p.key: p.value for p in proto.metadata_props}
+        meta = read_metadata(proto)
         if META_FEATURES not in meta:
             raise GanqError(f"{self.path}: not a ganq feature network (no '{META_FEATURES}' metadata); "
                             "make one with `ganq train-classifier`")

@@ -1,4 +1,4 @@
-"""torch -> ONNX: opset 21, dynamic batch, the GeneratorSpec in metadata_props, parity with PyTorch enforced."""
+"""torch -> ONNX: opset 21, dynamic batch, the GeneratorSpec in the ganq.spec metadata, parity with PyTorch enforced."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 
 from ganq._io import atomic_path
 from ganq.errors import GanqError
-from ganq.spec import META_SPEC, GeneratorSpec, write_metadata
+from ganq.spec import GeneratorSpec
+from ganq.onnx_io import META_SPEC, write_metadata
 
 OPSET = 21
 PARITY_TOL = 1e-5
@@ -41,13 +42,14 @@ def to_onnx(g, spec: GeneratorSpec):
 
 def parity(g, model, spec: GeneratorSpec, n: int = 256, seed: int = 0) -> float:
     """Max abs difference between PyTorch (eval) and onnxruntime on n latents."""
-    import onnxruntime as ort
     import torch
+
+    from ganq.onnx_io import session
 
     z = np.random.default_rng(seed).standard_normal((n, spec.latent_dim)).astype(np.float32)
     with torch.no_grad():
         ref = g.eval()(torch.from_numpy(z)).numpy()
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(model)
     got = sess.run(None, {spec.input_name: z})[0]
     if got.shape != ref.shape:
         raise GanqError(f"ONNX output shape {got.shape} differs from PyTorch's {ref.shape}")

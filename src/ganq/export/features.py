@@ -27,8 +27,8 @@ from pathlib import Path
 
 from ganq._io import atomic_path
 from ganq.errors import GanqError
-from ganq.evaluate.features import META_FEATURES
-from ganq.spec import write_metadata
+from ganq.onnx_io import META_FEATURES
+from ganq.onnx_io import write_metadata
 
 KNOWN = {
     "inception": {"file": "pt_inception-2015-12-05-6726825d.pth", "sha256_prefix": "6726825d",
@@ -212,10 +212,9 @@ def convert(kind: str, weights: str | Path, out: str | Path, image_shape: tuple[
     write_metadata(proto, META_FEATURES, json.dumps(info, sort_keys=True))
     proto.producer_name = "ganq"
     # parity with torch-fidelity on a few random images
-    import onnxruntime as ort
+    from ganq.onnx_io import run
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, c, h, w)).astype(np.float32) / 127.5 - 1)
-    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"image": x.numpy()})
+    got = run(proto, {"image": x.numpy()})
     with torch.no_grad():
         want = model(x)
     want = want if isinstance(want, tuple) else (want,)

@@ -27,7 +27,7 @@ from ganq.quantize.formats import FORMATS, GraphBuilder
 from ganq.quantize.methods import METHODS, SolveContext, make_method
 from ganq.quantize.plan import FLOAT_BITS, Plan, check_bits, make_plan, read_plan_file
 from ganq.quantize.select import opset
-from ganq.spec import META_QUANT, read_metadata, write_metadata
+from ganq.onnx_io import META_QUANT, load_model, random_feed, read_metadata, run, write_metadata
 
 TARGET_OPSET = 21  # UINT4 and per-axis DequantizeLinear; what `int` and `packed` want
 MAX_CALIBRATION = 1_000_000
@@ -106,30 +106,6 @@ def legacy_inputs(model: onnx.ModelProto, keep: bool, notes: list[str]) -> None:
     model.ir_version = max(model.ir_version, 4)
 
 
-def _feed(model: onnx.ModelProto, seed: int = 0) -> dict | None:
-    """Random inputs for every graph input (dynamic dims = 2), or None if an input is not float."""
-    rng = np.random.default_rng(seed)
-    inits = {i.name for i in model.graph.initializer}
-    feed = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        if tt.elem_type != onnx.TensorProto.FLOAT:
-            return None
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 2 for d in tt.shape.dim]
-        feed[vi.name] = rng.standard_normal(shape).astype(np.float32)
-    return feed
-
-
-def _run(model: onnx.ModelProto, feed: dict):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feed)
-
-
 def upgrade_opset(model: onnx.ModelProto, target: int, notes: list[str]) -> onnx.ModelProto:
     """onnx.version_converter to `target`, outputs checked against the original in onnxruntime."""
     from onnx import version_converter
@@ -143,12 +119,12 @@ def upgrade_opset(model: onnx.ModelProto, target: int, notes: list[str]) -> onnx
         raise GanqError(f"this format needs opset {target} and onnx.version_converter cannot upgrade the model from "
                         f"opset {before} ({str(e).strip().splitlines()[0][:160]}); use --format fake or "
                         "--no-upgrade-opset") from None
-    feed = _feed(model)
+    feed = random_feed(model)
     if feed is None:
         notes.append(f"opset {before} -> {target} (onnx.version_converter); outputs not compared (non-float inputs)")
         return new
     try:
-        a, b = _run(model, feed), _run(new, feed)
+        a, b = run(model, feed), run(new, feed)
     except Exception as e:
         raise GanqError(f"opset upgrade {before} -> {target}: onnxruntime cannot run the model to compare outputs "
                         f"({str(e).strip().splitlines()[0][:160]})") from None
@@ -176,8 +152,8 @@ def _calibrator(model, options: QuantizeOptions, todo, notes):
     """A Calibrator on the model being quantized when a method needs layer inputs or --recalibrate-bn is on."""
     if not todo or not (options.recalibrate_bn or any(tp.method.calibrated for tp in todo)):
         return None
-    from ganq.quantize.calibrate import Calibrator, calibration_latents
-    from ganq.spec import read_spec
+    from ganq.onnx_io import read_spec, sample_latents
+    from ganq.quantize.calibrate import Calibrator
 
     what = "--recalibrate-bn" if options.recalibrate_bn else f"method {options.method}"
     try:
@@ -185,7 +161,7 @@ def _calibrator(model, options: QuantizeOptions, todo, notes):
     except GanqError as e:
         raise GanqError(f"{what} draws calibration latents from the generator's prior, which its spec gives: {e}"
                         ) from None
-    z = calibration_latents(spec.latent, spec.latent_dim, options.calibration, options.calibration_seed)
+    z = sample_latents(spec, options.calibration, options.calibration_seed, calibration=True)
     return Calibrator(model, spec.input_name, z)
 
 
@@ -420,37 +396,6 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         raise GanqError(f"quantized model fails onnx.checker: {str(e).splitlines()[0]}") from None
     report = dict(report, seconds={k: round(v, 3) for k, v in seconds.items()})
     return model, report
-
-
-def load_model(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
-    """Load an ONNX file; external data must lie inside the model's folder (and is read if external_data)."""
-    path = Path(path)
-    if path.is_dir():
-        raise GanqError(f"{path}: is a folder, not an ONNX file")
-    if not path.is_file():
-        raise GanqError(f"{path}: no such file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and friends from protobuf
-        raise GanqError(f"{path}: not an ONNX model ({type(e).__name__})") from None
-    if not model.graph.node:
-        raise GanqError(f"{path}: not an ONNX model (empty or truncated: no graph nodes)")
-    base = path.resolve().parent
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = dict((e.key, e.value) for e in t.external_data).get("location", "")
-            target = (base / loc).resolve()
-            if base not in target.parents:
-                raise GanqError(f"{path}: external data of {t.name} points outside the model's folder ({loc})")
-            if not target.is_file():
-                raise GanqError(f"{path}: external data file {loc} of {t.name} is missing")
-    if not external_data:
-        return model
-    try:
-        onnx.load_external_data_for_model(model, str(base))
-    except Exception as e:
-        raise GanqError(f"{path}: cannot read its external data ({type(e).__name__})") from None
-    return model
 
 
 def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, plan: Plan | None = None) -> dict:

@@ -29,7 +29,6 @@ from onnx import helper, numpy_helper
 
 from ganq.errors import GanqError
 
-CALIBRATION_TAG = 0x63616C69  # mixed into the seed: calibration latents never equal evaluate's for any seed
 COLUMN_BUDGET = 96 * 2 ** 20
 MAX_BATCH = 256
 SHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
@@ -37,14 +36,6 @@ SHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 
 class Unsupported(GanqError):
     """A layer whose input columns ganq cannot build (the calibrated methods fall back to round-to-nearest)."""
-
-
-def calibration_latents(latent: str, latent_dim: int, n: int, seed: int) -> np.ndarray:
-    """float32 [n, latent_dim] from the spec's prior, from their own stream (seed mixed with CALIBRATION_TAG)."""
-    rng = np.random.default_rng([CALIBRATION_TAG, seed])
-    if latent == "uniform":
-        return rng.uniform(-1, 1, (n, latent_dim)).astype(np.float32)
-    return rng.standard_normal((n, latent_dim)).astype(np.float32)
 
 
 def _attr(node, name, default):
@@ -216,20 +207,14 @@ class Calibrator:
         self.passes = 0
 
     def _session(self, outputs: list[str]):
-        import onnxruntime as ort
-
-        from ganq.runtime import session_options
+        from ganq.onnx_io import session
 
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
         for init in m.graph.initializer:
             if init.name in self.weights:
                 init.CopyFrom(numpy_helper.from_array(self.weights[init.name].astype(np.float32), init.name))
-        del m.graph.output[:]
-        m.graph.output.extend([onnx.ValueInfoProto(name=o) for o in outputs])
-        _prune(m.graph, outputs)  # onnxruntime runs every node otherwise, needed or not
-        opts = session_options(self.threads)
-        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return session(m, threads=self.threads, outputs=outputs)
 
     def batches(self, outputs: list[str], batch: int):
         """Yield the requested tensors for each batch of calibration latents."""
@@ -279,25 +264,6 @@ class Calibrator:
         return (mean + shift[:, 0]), var
 
 
-def _prune(graph, outputs: list[str]) -> None:
-    """Keep only the nodes (and initializers) that the requested outputs depend on."""
-    need = set(outputs)
-    keep = []
-    for node in reversed(graph.node):
-        if any(o in need for o in node.output):
-            keep.append(node)
-            need.update(i for i in node.input if i)
-            for a in node.attribute:  # subgraphs (If/Loop) read outer names too: keep what they mention
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    need.update(i for n in g.node for i in n.input if i)
-    keep.reverse()
-    del graph.node[:]
-    graph.node.extend(keep)
-    inits = [i for i in graph.initializer if i.name in need]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-
-
 def following_batchnorm(graph, node):
     """The BatchNormalization that consumes `node`'s output (through shape-only ops), or None."""
     consumers: dict[str, list] = {}
@@ -319,5 +285,5 @@ def following_batchnorm(graph, node):
         return None
 
 
-__all__ = ["Calibrator", "LayerStats", "Unsupported", "calibration_latents", "layer_columns", "following_batchnorm",
+__all__ = ["Calibrator", "LayerStats", "Unsupported", "layer_columns", "following_batchnorm",
            "check_layer", "column_blocks"]

@@ -348,10 +348,9 @@ def _sizes(qpath: Path) -> dict:
     """File sizes of an already written model (the mixed row's), as quantize_file reports them."""
     import gzip
 
-    from ganq.quantize import load_model
+    from ganq.onnx_io import load_model, read_quant
     data = qpath.read_bytes()
-    meta = {p.key: p.value for p in load_model(qpath, external_data=False).metadata_props}
-    q = json.loads(meta.get("ganq.quant", "{}"))
+    q = read_quant(load_model(qpath, external_data=False)) or {}
     return {"bytes_file": len(data), "bytes_ideal": q.get("bytes_ideal"), "bytes_fp32": q.get("bytes_fp32"),
             "bytes_gzip": len(gzip.compress(data, 9, mtime=0))}
 

@@ -23,6 +23,9 @@ QDQ_MODES = {"keep": {}, "fold": {"session.disable_quant_qdq": "1"}}
 
 @dataclass(frozen=True)
 class BenchJob:
+    """One timing: a model at one batch and thread count. engine: onnxruntime, or another engine's name with
+    `entry` = "module:function", a loader handed in by the caller (the CLI hands in the torch engine, so that
+    this deploy-side module never imports torch): loader(model, batch, threads) -> (run once, bytes)."""
     model: str
     batch: int
     threads: int
@@ -30,7 +33,8 @@ class BenchJob:
     repeat: int = 50
     provider: str = "cpu"
     qdq: str = "keep"
-    engine: str = "onnxruntime"   # or "torch" (model is then a run folder / checkpoint)
+    engine: str = "onnxruntime"   # or e.g. "torch" (model is then a run folder / checkpoint)
+    entry: str = ""
 
     def __post_init__(self):
         import os
@@ -39,8 +43,56 @@ class BenchJob:
 
         check_range("--batch", self.batch, 1, 65_536)
         check_range("--threads", self.threads, 1, 4 * (os.cpu_count() or 1))
-        check_range("warmup", self.warmup, 0, 100_000)
-        check_range("repeat", self.repeat, 1, 100_000)
+        check_range("--warmup", self.warmup, 0, 100_000)
+        check_range("--repeat", self.repeat, 1, 100_000)
+        if self.qdq not in QDQ_MODES:
+            raise GanqError(f"--qdq must be keep, fold or both, got {self.qdq!r}")
+        if self.engine != "onnxruntime" and ":" not in self.entry:
+            raise GanqError(f"engine {self.engine} needs its loader as module:function")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """`ganq bench`'s options, validated once: the grid of jobs they make."""
+    models: tuple[str, ...]
+    batches: tuple[int, ...] = (1, 64)
+    threads: tuple[int, ...] = (1, 2)
+    warmup: int = 10
+    repeat: int = 50
+    provider: str = "cpu"
+    qdq: str = "keep"             # keep, fold or both
+    extra_engine: tuple = ()      # (name, module:function, model) of an engine handed in by the caller
+
+    def __post_init__(self):
+        from ganq.onnx_io import PROVIDERS, resolve_model
+
+        if self.provider not in PROVIDERS:
+            raise GanqError(f"unknown provider {self.provider!r}; choose one of {', '.join(PROVIDERS)}")
+        if self.qdq != "both" and self.qdq not in QDQ_MODES:
+            raise GanqError(f"--qdq must be keep, fold or both, got {self.qdq!r}")
+        if self.warmup < 0 or self.repeat < 1:
+            raise GanqError("--warmup must be >= 0 and --repeat >= 1")
+        paths = tuple(str(resolve_model(m)) for m in self.models)
+        for p in paths:
+            if not Path(p).is_file():
+                raise GanqError(f"{p}: no such file")
+        object.__setattr__(self, "models", paths)
+        self.jobs()  # every job's ranges, before any work
+
+    def jobs(self) -> list[BenchJob]:
+        modes = list(QDQ_MODES) if self.qdq == "both" else [self.qdq]
+        jobs = [BenchJob(p, b, t, self.warmup, self.repeat, self.provider, m) for p in self.models for m in modes
+                for t in self.threads for b in self.batches]
+        if self.extra_engine:
+            name, entry, model = self.extra_engine
+            jobs += [BenchJob(str(model), b, t, self.warmup, self.repeat, "cpu", "keep", name, entry)
+                     for t in self.threads for b in self.batches]
+        return jobs
+
+
+def busy(m: dict) -> bool:
+    """Whether the machine's load makes timings slower and noisier than they should be."""
+    return m["load1"] > 0.5 * (m["cpus"] or 1)
 
 
 def _peak_rss_mb() -> float:
@@ -68,40 +120,32 @@ def _time_runs(fn, warmup: int, repeat: int) -> dict:
             "mean_ms": float(ms.mean())}
 
 
+def _onnxruntime(job: BenchJob):
+    from ganq.onnx_io import session
+    from ganq.runtime import Generator
+
+    gen = Generator(job.model, job.provider, job.threads)  # validates the file and its spec
+    t0 = time.perf_counter()
+    sess = session(gen.path, job.provider, job.threads, config=QDQ_MODES[job.qdq])
+    load_s = time.perf_counter() - t0
+    feed = {gen.spec.input_name: gen.latents(job.batch, 0)}
+    return (lambda: sess.run(None, feed)), Path(gen.path).stat().st_size, load_s
+
+
+def _handed_in(job: BenchJob):
+    import importlib
+
+    module, _, name = job.entry.partition(":")
+    loader = getattr(importlib.import_module(module), name)
+    t0 = time.perf_counter()
+    fn, size = loader(job.model, job.batch, job.threads)
+    return fn, size, time.perf_counter() - t0
+
+
 def run_job(job: BenchJob) -> dict:
     """Run one job in this process (the worker side)."""
     rss0 = _peak_rss_mb()
-    if job.engine == "torch":
-        import torch
-
-        from ganq.train.checkpoint import load_generator
-        torch.set_num_threads(job.threads)
-        t0 = time.perf_counter()
-        g, spec, _ = load_generator(job.model)
-        load_s = time.perf_counter() - t0
-        z = torch.from_numpy(np.random.default_rng(0).standard_normal((job.batch, spec.latent_dim)).astype(np.float32))
-
-        def fn():
-            with torch.inference_mode():
-                g(z)
-        size = sum(p.numel() * 4 for p in g.parameters())
-    else:
-        import onnxruntime as ort
-
-        from ganq.runtime import Generator, session_options
-        gen = Generator(job.model, job.provider, job.threads)  # validates the file and its spec
-        so = session_options(job.threads)
-        for k, v in QDQ_MODES[job.qdq].items():
-            so.add_session_config_entry(k, v)
-        t0 = time.perf_counter()
-        sess = ort.InferenceSession(str(gen.path), so, providers=gen.session.get_providers())
-        load_s = time.perf_counter() - t0
-        z = gen.latents(job.batch, 0)
-        feed = {gen.spec.input_name: z}
-
-        def fn():
-            sess.run(None, feed)
-        size = Path(gen.path).stat().st_size
+    fn, size, load_s = (_onnxruntime if job.engine == "onnxruntime" else _handed_in)(job)
     timing = _time_runs(fn, job.warmup, job.repeat)
     return {**asdict(job), "load_ms": load_s * 1e3, **timing,
             "images_per_s": job.batch / (timing["mean_ms"] / 1e3), "peak_rss_mb": _peak_rss_mb(),

@@ -17,8 +17,8 @@ from torch import nn
 from ganq import data as gdata
 from ganq._io import atomic_path
 from ganq.errors import GanqError
-from ganq.evaluate.features import META_FEATURES
-from ganq.spec import write_metadata
+from ganq.onnx_io import META_FEATURES
+from ganq.onnx_io import write_metadata
 from ganq.train.loop import _to_tensor
 
 
@@ -123,10 +123,9 @@ def train_classifier(dataset: str, out: str | Path, epochs: int = 5, batch_size:
     proto.producer_name = "ganq"
     onnx.checker.check_model(proto, full_check=True)
     # the ONNX classifier must agree with the torch one before it judges anything
-    import onnxruntime as ort
+    from ganq.onnx_io import run
     probe = xt[:256]
-    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"image": probe.numpy()})
+    got = run(proto, {"image": probe.numpy()})
     with torch.no_grad():
         want = model(probe)
     diff = max(float(np.abs(got[0] - want[0].numpy()).max()), float(np.abs(got[1] - want[1].numpy()).max()))
