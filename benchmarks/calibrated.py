@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from ganq.evaluate import EvalOptions
 from ganq.onnx_io import sample_latents
 from ganq.quantize.calibrate import Calibrator
-from ganq.report import SweepSettings, sweep
+from ganq.study import SweepSettings, sweep
 from ganq.onnx_io import resolve_model
 from ganq.onnx_io import read_spec
 

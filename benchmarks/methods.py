@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ganq.evaluate import EvalOptions
 from ganq.quantize.methods import METHODS
-from ganq.report import SweepSettings, sweep
+from ganq.study import SweepSettings, sweep
 
 MODELS = ("zoo:mnist-fc4@mnist", "zoo:mnist-cnn5@mnist", "zoo:fashion-mnist-cnn3@fashion-mnist",
           "zoo:cifar10-jpeg-cnn3@cifar10-jpeg")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/fixtures
 # read before the autouse fixture below clears $GANQ_DATA for the synthetic tests
 _REAL_ROOT = os.environ.get("GANQ_TEST_DATA") or os.environ.get("GANQ_DATA")
 
@@ -73,11 +75,22 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx(tiny_run, tmp_path_factory):
+def exported_onnx(tiny_run, tmp_path_factory):
+    """tiny_run's generator through `ganq export` (torch)."""
     from ganq.export import export
 
     path = tmp_path_factory.mktemp("onnx") / "g.onnx"
     export(tiny_run, path, n=32)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory):
+    """A torch-free cnn3-like generator (z [N, 16] -> [N, 1, 28, 28], spec: mnist) from seeded weights."""
+    from fixtures.models import generator, write
+
+    path = tmp_path_factory.mktemp("onnx") / "g.onnx"
+    write(generator(), path)
     return path
 
 
@@ -101,7 +114,21 @@ def toy_data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_classifier(toy_data_root, tmp_path_factory):
+def tiny_classifier(tmp_path_factory):
+    """A torch-free feature network (28x28x1 -> 16 features, 10 logits) from seeded weights, and its info."""
+    import json
+
+    from fixtures.models import feature_net, write
+    from ganq.onnx_io import META_FEATURES, read_metadata
+
+    out = tmp_path_factory.mktemp("features") / "toy-features.onnx"
+    model = feature_net()
+    write(model, out)
+    return out, json.loads(read_metadata(model)[META_FEATURES])
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(toy_data_root, tmp_path_factory):
     """A classifier trained briefly on the toy digits (whose label sets a bright square's position)."""
     torch = pytest.importorskip("torch")
     from ganq.train.classifier import train_classifier

@@ -357,7 +357,7 @@ def test_sweep_key_of_uncalibrated_settings_is_unchanged():
     import hashlib
     from dataclasses import asdict
 
-    from ganq.report import SweepSettings
+    from ganq.study import SweepSettings
 
     s = SweepSettings(bits=(32, 4), method="mse")
     d = asdict(s)

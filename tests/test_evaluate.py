@@ -47,10 +47,10 @@ def test_runtime_bad_inputs(tiny_onnx, tmp_path):
         Generator("zoo:nope")
 
 
-def test_classifier_export(tiny_classifier, toy_data_root):
+def test_classifier_export(trained_classifier, toy_data_root):
     from ganq import data
 
-    path, info = tiny_classifier
+    path, info = trained_classifier
     assert info["parity_max_abs_diff"] <= 1e-4 and info["feature_dim"] == 128
     net = FeatureNet(path)
     test = data.load("mnist", "test", data_root=toy_data_root)

@@ -10,8 +10,8 @@ from ganq.spec import GeneratorSpec  # noqa: E402
 from ganq.onnx_io import META_SPEC, read_metadata, read_spec
 
 
-def test_export_contract(tiny_onnx):
-    m = onnx.load(str(tiny_onnx))
+def test_export_contract(exported_onnx):
+    m = onnx.load(str(exported_onnx))
     onnx.checker.check_model(m, full_check=True)
     assert {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")} == {OPSET}
     spec = read_spec(m)
@@ -23,12 +23,12 @@ def test_export_contract(tiny_onnx):
     assert "BatchNormalization" in {n.op_type for n in m.graph.node}  # kept by default
 
 
-def test_dynamic_batch_and_reference_evaluator(tiny_onnx):
+def test_dynamic_batch_and_reference_evaluator(exported_onnx):
     import onnxruntime as ort
     from onnx.reference import ReferenceEvaluator
 
-    sess = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
-    ref = ReferenceEvaluator(str(tiny_onnx))
+    sess = ort.InferenceSession(str(exported_onnx), providers=["CPUExecutionProvider"])
+    ref = ReferenceEvaluator(str(exported_onnx))
     for n in (1, 5, 17):
         z = np.random.default_rng(n).standard_normal((n, 16)).astype(np.float32)
         y = sess.run(None, {"z": z})[0]
@@ -37,17 +37,17 @@ def test_dynamic_batch_and_reference_evaluator(tiny_onnx):
     assert np.allclose(ref.run(None, {"z": z[:2]})[0], y[:2], atol=1e-5)
 
 
-def test_parity_against_torch(tiny_run, tiny_onnx):
+def test_parity_against_torch(tiny_run, exported_onnx):
     import torch
     from ganq.export import parity
     from ganq.train.checkpoint import load_generator
 
     g, spec, _ = load_generator(tiny_run)
-    assert parity(g, onnx.load(str(tiny_onnx)), spec, n=64) <= 1e-5
+    assert parity(g, onnx.load(str(exported_onnx)), spec, n=64) <= 1e-5
     # a generator whose weights changed after export must fail the parity check
     with torch.no_grad():
         next(g.parameters()).add_(0.1)
-    assert parity(g, onnx.load(str(tiny_onnx)), spec, n=64) > 1e-3
+    assert parity(g, onnx.load(str(exported_onnx)), spec, n=64) > 1e-3
 
 
 def test_export_refuses_bad_source(tmp_path):
@@ -61,10 +61,10 @@ def test_export_refuses_bad_source(tmp_path):
     assert not (tmp_path / "g.onnx").exists()
 
 
-def test_describe_foreign_model(tiny_onnx, tmp_path):
+def test_describe_foreign_model(exported_onnx, tmp_path):
     from ganq.onnx_io import describe
 
-    m = onnx.load(str(tiny_onnx))
+    m = onnx.load(str(exported_onnx))
     del m.metadata_props[:]
     m.graph.input[0].name = "noise"
     for n in m.graph.node:

@@ -158,7 +158,7 @@ def test_checkpoints(tmp_path, data):
 def test_sweep_cache_entry(tmp_path, data):
     import importlib
 
-    sw = importlib.import_module("ganq.report.sweep")
+    sw = importlib.import_module("ganq.study.jobs")
     p = tmp_path / "c.npz"
     p.write_bytes(data)
     assert sw._read_cell(p, 4, "m") is None  # never trusted

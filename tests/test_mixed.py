@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ganq.errors import GanqError
-from ganq.mixed import MixedOptions, choose, pareto, parse_size, parse_target
+from ganq.study.mixed import MixedOptions, choose, pareto, parse_size, parse_target
 
 layer = st.lists(st.tuples(st.integers(1, 1000), st.floats(0, 50, allow_nan=False)), min_size=1, max_size=4)
 
@@ -72,7 +72,7 @@ def test_options():
 
 
 def _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, **kw):
-    from ganq.mixed import mixed_quantize
+    from ganq.study.mixed import mixed_quantize
     from ganq.quantize import QuantizeOptions
 
     opts = QuantizeOptions(bits=2, granularity="channel", format="packed")

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from ganq.cli import app
 from ganq.errors import GanqError
 from ganq.evaluate import EvalOptions
-from ganq.report import SweepSettings, parse_bits, sweep
+from ganq.study import SweepSettings, parse_bits, sweep
 
 FILES = ["results.json", "results.csv", "fig-samples.png", "fig-inception.png", "fig-precision-recall.png",
          "fig-realism.png", "fig-quality-vs-size.png", "report.md", "index.html"]

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from ganq.cli import app
 from ganq.errors import GanqError
 from ganq.evaluate import EvalOptions
-from ganq.report import Execution, SweepSettings, analysis, sweep
-from ganq.report.sweep import aggregate, parse_method_spec, split_methods
+from ganq.report import analysis
+from ganq.study import Execution, SweepSettings, sweep
+from ganq.study import aggregate, parse_method_spec, split_methods
 
-sw = importlib.import_module("ganq.report.sweep")
 ev = importlib.import_module("ganq.evaluate")
 TIMING = ("seconds", "quantize_seconds", "images_per_s", "file")
 

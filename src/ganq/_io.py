@@ -84,3 +84,14 @@ def check_out(out, force: bool, inputs=()) -> None:
         raise GanqError(f"{out}: is a folder, not a file to write")
     if out.exists() and not force:
         raise GanqError(f"{out}: exists; add --force to replace it")
+
+
+def json_default(o):
+    """json.dumps(default=...) for numpy scalars."""
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    raise TypeError(type(o))

@@ -303,8 +303,8 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
 
     mixed = None
     if target is not None or budget is not None or avg_bits is not None:
-        from ganq.mixed import MixedOptions
-        from ganq.report import parse_bits
+        from ganq.study.mixed import MixedOptions
+        from ganq.study import parse_bits
 
         if bits is not None or tensor_bits or plan:
             raise GanqError("--target/--budget/--avg-bits choose the bits themselves: drop --bits, --tensor-bits "
@@ -343,7 +343,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
 def _mixed(src, out, opts, mixed, dataset, features, data_root, as_json) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ganq.mixed import mixed_quantize
+    from ganq.study.mixed import mixed_quantize
 
     n_layers = _count_weights(src)
     total = 1 + n_layers * len(mixed.bits_choices) + 2 + mixed.max_rounds + len(mixed.bits_choices)
@@ -724,8 +724,8 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ganq.evaluate import EvalOptions
-    from ganq.report import Execution, SweepSettings, parse_bits, sweep as run_sweep
-    from ganq.report.sweep import split_methods
+    from ganq.study import Execution, SweepSettings, parse_bits, sweep as run_sweep
+    from ganq.study import split_methods
 
     execution = Execution(workers, scheduler)
 

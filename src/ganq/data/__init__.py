@@ -3,7 +3,7 @@
 Lookup order for a named data set: --data-root, $GANQ_DATA, the user cache (~/.cache/ganq/datasets),
 /usr/share/datasets (Debian's packages), then, for the test split of Fashion-MNIST only, the copy embedded in the
 package (ganq/data/embedded: 10,000 images, 4.4 MB, MIT licensed, what `make demo` needs on a bare machine).
-`download=True` uses torchvision's downloader into the user cache.
+`download=ganq.train.download.fetch` uses torchvision's downloader into the user cache (the torch side).
 """
 
 from __future__ import annotations
@@ -220,25 +220,6 @@ def locate(name: str, data_root=None, split: str = "train") -> tuple[Path | None
     return None, looked
 
 
-def _download(entry: Entry) -> Path:
-    if entry.torchvision is None:
-        raise GanqError(f"{entry.name} cannot be downloaded: {entry.how_to_get}")
-    try:
-        import torchvision.datasets as tvd
-    except ImportError:
-        raise GanqError("--download needs torchvision: pip install 'ganq[train]'") from None
-    root = cache_dir() / "datasets"
-    try:
-        for train in (True, False):
-            getattr(tvd, entry.torchvision)(root=str(root), train=train, download=True)
-    except Exception as e:  # torchvision raises plain RuntimeError/URLError when offline
-        raise GanqError(f"download of {entry.name} failed ({type(e).__name__}: {e}); {entry.how_to_get}") from None
-    found = entry.locate(root)
-    if found is None:
-        raise GanqError(f"download of {entry.name} finished but its files are not in {root}")
-    return found
-
-
 def balanced_head(labels: np.ndarray, limit: int) -> np.ndarray:
     """Indices of `limit` samples taken round-robin over the classes in file order, returned in file order.
 
@@ -249,9 +230,10 @@ def balanced_head(labels: np.ndarray, limit: int) -> np.ndarray:
     return np.sort(np.asarray(order[:limit], dtype=np.int64))
 
 
-def load(name: str, split: str = "train", data_root=None, download: bool = False, limit: int | None = None,
+def load(name: str, split: str = "train", data_root=None, download=None, limit: int | None = None,
          image_size: int | None = None, channels: int | None = None) -> Dataset:
-    """Load a data set by name (or folder:PATH) as uint8 NHWC images, int64 labels."""
+    """Load a data set by name (or folder:PATH) as uint8 NHWC images, int64 labels. download: None, or a function
+    entry -> folder that fetches a missing data set (the torch side hands in torchvision's, ganq.train.download)."""
     if split not in SPLITS:
         raise GanqError(f"unknown split {split!r}; choose train or test")
     if limit is not None and limit < 1:
@@ -265,7 +247,7 @@ def load(name: str, split: str = "train", data_root=None, download: bool = False
     if found is None:
         if not download:
             raise GanqError(f"{name} not found; looked in {', '.join(looked)}; {entry.how_to_get}")
-        found = _download(entry)
+        found = download(entry)
     images, labels, classes = entry.load(found, split)
     if limit is not None and limit < len(images):
         keep = balanced_head(labels, limit)

@@ -74,8 +74,10 @@ def train_classifier(dataset: str, out: str | Path, epochs: int = 5, batch_size:
         raise GanqError(f"--lr must be in (0, 1], got {lr}")
     import onnx
 
-    train_ds = gdata.load(dataset, "train", data_root=data_root, download=download, limit=limit)
-    test_ds = gdata.load(dataset, "test", data_root=data_root, download=download)
+    from ganq.train.download import fetch
+
+    train_ds = gdata.load(dataset, "train", data_root=data_root, download=fetch if download else None, limit=limit)
+    test_ds = gdata.load(dataset, "test", data_root=data_root, download=fetch if download else None)
     classes = train_ds.classes or [str(i) for i in range(int(train_ds.labels.max()) + 1)]
     c, h, w = train_ds.shape_chw
     torch.manual_seed(seed)

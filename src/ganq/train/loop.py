@@ -270,7 +270,9 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
         if diff:
             raise GanqError(f"{out}: --resume with other settings than the run's ({', '.join(diff)})")
 
-    ds = gdata.load(config.dataset, "train", data_root=data_root, download=download, limit=config.limit,
+    from ganq.train.download import fetch
+
+    ds = gdata.load(config.dataset, "train", data_root=data_root, download=fetch if download else None, limit=config.limit,
                     image_size=config.image_size, channels=config.channels)
     c, h, w = ds.shape_chw
     spec = GeneratorSpec(latent_dim=config.latent_dim, channels=c, height=h, width=w, latent=config.latent,
