@@ -24,7 +24,7 @@ def weight_ranges(path: Path) -> dict:
     import onnx
     from onnx import numpy_helper
 
-    from ganq.quantize.select import find_targets
+    from ganq.quantize.ops import find_targets
 
     m = onnx.load(str(path))
     inits = {i.name: i for i in m.graph.initializer}

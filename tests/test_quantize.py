@@ -14,7 +14,7 @@ from ganq.errors import GanqError
 from ganq.quantize import QuantizeOptions, fold_batchnorm, quantize_file, quantize_model
 from ganq.quantize.formats import pack_planes, unpack_planes
 from ganq.quantize.methods.minmax import MinMax
-from ganq.quantize.select import find_targets
+from ganq.quantize.ops import find_targets
 from ganq.onnx_io import META_QUANT, read_metadata
 
 def _mm(x, bits, granularity="tensor", axis=None):

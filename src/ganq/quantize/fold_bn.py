@@ -1,4 +1,4 @@
-"""Fold BatchNormalization into the preceding Conv, ConvTranspose, Gemm or MatMul (a torch-free graph pass)."""
+"""Fold BatchNormalization into the preceding weight op (the op table's folds_bn entries; a torch-free graph pass)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ganq.quantize.select import _attr
-
-
-def set_bias_input(node, name: str) -> None:
-    """Make `name` the bias input (input 2) of a Conv / ConvTranspose / Gemm node."""
-    while len(node.input) < 2:
-        node.input.append("")
-    if len(node.input) == 2:
-        node.input.append(name)
-    else:
-        node.input[2] = name
+from ganq.quantize.ops import OPS, attr as _attr, set_bias_input
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -47,38 +37,36 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if bn.op_type != "BatchNormalization" or _attr(bn, "training_mode", 0) or len(bn.output) != 1:
             continue
         p = producer.get(bn.input[0])
-        if p is None or p.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or uses[p.output[0]] != 1:
+        info = OPS.get(p.op_type) if p is not None and p.op_type in OPS else None
+        if info is None or not info.folds_bn or uses[p.output[0]] != 1:
             continue
-        if any(n not in inits for n in bn.input[1:5]) or p.input[1] not in inits or uses[p.input[1]] != 1:
+        wname = p.input[info.weight]
+        if any(n not in inits for n in bn.input[1:5]) or wname not in inits or uses[wname] != 1:
             continue
-        if _attr(p, "group", 1) != 1:
+        if info.grouped(p) != 1 or not info.fold_ok(p):
             continue
-        if p.op_type == "Gemm" and (_attr(p, "alpha", 1.0) != 1.0 or _attr(p, "beta", 1.0) != 1.0):
-            continue
-        if p.op_type == "MatMul" and ranks.get(p.output[0]) != 2:
+        if info.bias is None and ranks.get(p.output[0]) != 2:  # x @ W' + b' only where the bias is per column
             continue
         gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
         eps = _attr(bn, "epsilon", 1e-5)
         s = gamma / np.sqrt(var + eps)
-        w = numpy_helper.to_array(inits[p.input[1]]).astype(np.float64)
-        axis = {"Conv": 0, "ConvTranspose": 1, "MatMul": w.ndim - 1}.get(p.op_type)
-        if p.op_type == "Gemm":
-            axis = 0 if _attr(p, "transB", 0) else 1
+        w = numpy_helper.to_array(inits[wname]).astype(np.float64)
+        axis = info.out_axis(p, w.ndim)
         if w.shape[axis] != len(s):
             continue
         shape = [1] * w.ndim
         shape[axis] = len(s)
         w = w * s.reshape(shape)
-        has_bias = p.op_type != "MatMul" and len(p.input) > 2 and p.input[2] != ""
-        if has_bias and (p.input[2] not in inits or uses[p.input[2]] != 1):
+        has_bias = info.bias is not None and len(p.input) > info.bias and p.input[info.bias] != ""
+        if has_bias and (p.input[info.bias] not in inits or uses[p.input[info.bias]] != 1):
             continue
-        b = numpy_helper.to_array(inits[p.input[2]]).astype(np.float64) if has_bias else np.zeros(len(s))
+        b = numpy_helper.to_array(inits[p.input[info.bias]]).astype(np.float64) if has_bias else np.zeros(len(s))
         b = (b - mean) * s + beta
 
-        new_inits[p.input[1]] = numpy_helper.from_array(w.astype(np.float32), p.input[1])
-        bias_name = p.input[2] if has_bias else f"{p.input[1]}_folded_bias"
+        new_inits[wname] = numpy_helper.from_array(w.astype(np.float32), wname)
+        bias_name = p.input[info.bias] if has_bias else f"{wname}_folded_bias"
         new_inits[bias_name] = numpy_helper.from_array(b.astype(np.float32), bias_name)
-        if p.op_type == "MatMul":
+        if info.bias is None:
             # x @ W' + b': the BN node becomes the Add
             bn.op_type, bn.domain = "Add", ""
             del bn.input[:]

@@ -16,44 +16,12 @@ from typing import Callable
 
 import ml_dtypes
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from ganq.errors import GanqError
 from ganq.quantize.decoders import Affine, Codebook, Solution, channel_shape
+from ganq.quantize.edit import GraphEdit
 from ganq.registry import Registry
-
-
-class GraphBuilder:
-    """Collects the initializers and nodes that replace weight initializers; shared constants are made once.
-    `replace` holds float arrays that overwrite an initializer in place (the fake format)."""
-
-    def __init__(self, taken: set[str], prefix: str = "ganq_q"):
-        self.prefix, self.inits, self.nodes, self._shared, self.taken = prefix, [], [], {}, set(taken)
-        self.replace: dict[str, np.ndarray] = {}
-
-    def fresh(self, name: str) -> str:
-        """A name no tensor of the graph has yet."""
-        candidate, i = name, 1
-        while candidate in self.taken:
-            candidate, i = f"{name}_{i}", i + 1
-        self.taken.add(candidate)
-        return candidate
-
-    def init(self, name: str, array: np.ndarray) -> str:
-        name = self.fresh(name)
-        self.inits.append(numpy_helper.from_array(array, name))
-        return name
-
-    def shared(self, key: str, array: np.ndarray) -> str:
-        if key not in self._shared:
-            self._shared[key] = self.init(f"{self.prefix}_{key}", array)
-        return self._shared[key]
-
-    def node(self, op: str, inputs: list[str], output: str, final: bool = False, **attrs) -> str:
-        """A node computing `output`; its name is made unique unless it is the final (replaced) tensor."""
-        output = output if final else self.fresh(output)
-        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
 
 
 def code_container(bits: int, opset: int) -> tuple[type, int]:
@@ -71,7 +39,7 @@ def _nbytes(a: np.ndarray) -> int:
     return (a.size + 1) // 2 if a.dtype in (ml_dtypes.uint4, ml_dtypes.int4) else a.nbytes
 
 
-def _affine_tail(b: GraphBuilder, name: str, dec: Affine, value: str, out: str) -> str:
+def _affine_tail(b: GraphEdit, name: str, dec: Affine, value: str, out: str) -> str:
     """out = (value - zero point) * scale + offset (float32), parameters broadcast along the channel axis."""
     if np.any(dec.zero_point):
         zp = dec.zero_point.astype(np.float32)
@@ -83,7 +51,7 @@ def _affine_tail(b: GraphBuilder, name: str, dec: Affine, value: str, out: str) 
     return b.node("Add", [scaled, b.init(f"{name}_min", dec.offset)], out, final=True)
 
 
-def _gather_tail(b: GraphBuilder, name: str, sol: Solution, index: str, out: str) -> str:
+def _gather_tail(b: GraphEdit, name: str, sol: Solution, index: str, out: str) -> str:
     """out = levels[index] (+ channel * L per channel); index is an int32 tensor shaped like the weight."""
     dec: Codebook = sol.decoder
     if sol.axis is not None:
@@ -97,12 +65,12 @@ def _gather_tail(b: GraphBuilder, name: str, sol: Solution, index: str, out: str
     return b.node("Gather", [b.init(f"{name}_levels", dec.levels.reshape(-1)), index], out, final=True)
 
 
-def emit_fake(b: GraphBuilder, name: str, sol: Solution, opset: int) -> int:
+def emit_fake(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     b.replace[name] = sol.dequantize()
     return b.replace[name].nbytes
 
 
-def emit_int(b: GraphBuilder, name: str, sol: Solution, opset: int) -> int:
+def emit_int(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     """Replace initializer `name` by its integer codes and decoder; returns bytes stored."""
     np_type, _ = code_container(sol.bits, opset)
     codes = sol.codes.astype(np_type)
@@ -141,7 +109,7 @@ def unpack_planes(planes: np.ndarray, n: int) -> np.ndarray:
     return (bits << np.arange(len(planes), dtype=np.uint32)[:, None]).sum(axis=0)
 
 
-def emit_packed(b: GraphBuilder, name: str, sol: Solution, opset: int) -> int:
+def emit_packed(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     if opset < 18:
         raise GanqError(f"the packed format needs opset >= 18 (BitwiseAnd); the model has {opset}")
     n, k = sol.codes.size, sol.bits
@@ -170,7 +138,7 @@ def emit_packed(b: GraphBuilder, name: str, sol: Solution, opset: int) -> int:
 class Format:
     name: str
     summary: str
-    emit: Callable[[GraphBuilder, str, Solution, int], int]
+    emit: Callable[[GraphEdit, str, Solution, int], int]
     min_opset: int = 1
 
 

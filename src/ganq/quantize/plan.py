@@ -15,7 +15,7 @@ import onnx
 from ganq.errors import GanqError
 from ganq.quantize.decoders import GRANULARITIES, MAX_BITS
 from ganq.quantize.methods import Method, make_method
-from ganq.quantize.select import Target, find_targets
+from ganq.quantize.ops import Target, find_targets
 
 FLOAT_BITS = 32
 ALIASES = ("first", "last")  # the first and last weight in graph order

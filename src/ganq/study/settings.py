@@ -87,6 +87,7 @@ class SweepSettings:
             raise GanqError(f"granularity must be one of {', '.join(GRANULARITIES)}")
         from ganq.errors import check_range
         from ganq.quantize.methods import make_method
+        from ganq.quantize.options import conflicts_with
 
         check_range("--calibration", self.calibration, 1, 1_000_000)
         check_range("--calibration-seed", self.calibration_seed, 0, 2 ** 31 - 1)
@@ -98,9 +99,7 @@ class SweepSettings:
             raise GanqError(f"--methods lists a method twice: {','.join(self.methods)}")
         for name, opts in self.method_list():
             m = make_method(name, dict(opts))
-            if self.recalibrate_bn and m.name == "ocs":
-                raise GanqError("--recalibrate-bn does not combine with method ocs (it changes the layers' input "
-                                "shapes)")
+            conflicts_with(m, self.recalibrate_bn)
             for b in self.bits:
                 if b != FLOAT_BITS:
                     m.check_bits(b)

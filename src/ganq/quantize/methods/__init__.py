@@ -37,9 +37,58 @@ class SolveContext:
     hessian: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
+def option(default, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,
+           choices: tuple[str, ...] | None = None, note: str = ""):
+    """A method option with its range ([lo, hi], either end open) or its choices, declared on the field; checked by
+    `check_options` when the config is made. note: said after the range in the error."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open), "choices": choices, "note": note})
+
+
+def _range_text(typ, lo, hi, lo_open, hi_open) -> str:
+    if typ is int and not lo_open and not hi_open:
+        return f"{lo}..{hi}"
+    return f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def check_options(m: "Method") -> None:
+    """Every option of method config m has its declared type, lies in its declared range and is one of its
+    choices; one GanqError naming the method and the option otherwise."""
+    import math
+
+    hints = typing.get_type_hints(type(m))
+    for f in dataclasses.fields(m):
+        typ, value = hints[f.name], getattr(m, f.name)
+        if typ is bool:
+            ok = isinstance(value, bool)
+        elif typ is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif typ is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            kind = {bool: "true or false", int: "an integer", float: "a finite number"}.get(typ, "a string")
+            raise GanqError(f"method {m.name}: {f.name} must be {kind}, got {value!r}")
+        choices = f.metadata.get("choices") or (typing.get_args(typ) if typing.get_origin(typ) is typing.Literal
+                                                else None)
+        if choices:
+            choice(m.name, f.name, value, tuple(choices))
+        lo, hi, lo_open, hi_open = f.metadata.get("range", (None, None, False, False))
+        if lo is not None and not ((lo < value if lo_open else lo <= value) and
+                                   (value < hi if hi_open else value <= hi)):
+            extra = f.metadata.get("note", "")
+            raise GanqError(f"method {m.name}: {f.name} must be in {_range_text(typ, lo, hi, lo_open, hi_open)}"
+                            f"{extra}, got {value}")
+
+
 @dataclass(frozen=True)
 class Method:
-    """Base of every method's config. Subclasses set name, summary, paper, decoder, min_bits and max_bits."""
+    """Base of every method's config. Subclasses set name, summary, paper, decoder, min_bits and max_bits, and
+    declare each option's range or choices with `option(...)`; `check()` holds any rule across options.
+
+    Capabilities: `calibrated` (solve() needs the layer's inputs); `rewrites_input` (the method changes its layer's
+    input in the graph through `rewrite`, as OCS duplicates channels); `conflicts` ({option: why} of quantize
+    options the method does not combine with)."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
@@ -48,6 +97,19 @@ class Method:
     min_bits: ClassVar[int] = 1
     max_bits: ClassVar[int] = MAX_BITS
     calibrated: ClassVar[bool] = False  # solve() needs ctx.hessian (the layer's inputs)
+    rewrites_input: ClassVar[bool] = False
+    conflicts: ClassVar[dict] = {}
+
+    def __post_init__(self):
+        check_options(self)
+        self.check()
+
+    def check(self) -> None:
+        """Rules across options (each option's own range is declared on its field)."""
+
+    def rewrite(self, edit, node, target, sol) -> list:
+        """Nodes to insert before `node` that feed it the input sol was solved for (rewrites_input methods)."""
+        raise NotImplementedError
 
     def fallback(self) -> "Method":
         """What a calibrated method uses for a tensor it cannot see the inputs of (a bias, an unsupported op)."""

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ganq.quantize.methods import Method, affine_codes, affine_solution, choice, prepare, register
+from ganq.quantize.methods import Method, affine_codes, affine_solution, option, prepare, register
 
 LAPLACE = {2: 2.83, 3: 3.89, 4: 5.03, 5: 6.20, 6: 7.41, 7: 8.64, 8: 9.89}
 GAUSSIAN = {2: 1.71, 3: 2.15, 4: 2.55, 5: 2.94, 6: 3.29, 7: 3.61, 8: 3.92}
@@ -48,10 +48,7 @@ class ACIQ(Method):
     name = "aciq"
     summary = "analytical clipping: alpha from a Laplace or Gaussian fit and the bit width (prior=laplace|gaussian)"
     paper = "Banner et al. 2018, ACIQ: Analytical Clipping for Integer Quantization of neural networks"
-    prior: str = "laplace"
-
-    def __post_init__(self):
-        choice(self.name, "prior", self.prior, ("laplace", "gaussian"))
+    prior: str = option("laplace", choices=("laplace", "gaussian"))
 
     def solve(self, x, bits, axis, ctx=None):
         self.check_bits(bits)

@@ -21,8 +21,8 @@ from typing import Literal
 import numpy as np
 
 from ganq.errors import GanqError
-from ganq.quantize.methods import choice, register
-from ganq.quantize.methods._calibrated import GRIDS, CalibratedMethod, decode, nearest, output_error
+from ganq.quantize.methods import option, register
+from ganq.quantize.methods._calibrated import CalibratedMethod, decode, nearest, output_error
 
 
 
@@ -79,27 +79,18 @@ class AdaRound(CalibratedMethod):
     name = "adaround"
     summary = "calibrated: learn per weight whether to round up or down, for the least change of the layer's output"
     paper = "Nagel et al. 2020, Up or Down? Adaptive Rounding for Post-Training Quantization"
-    steps: int = 1000
-    lr: float = 0.01
-    reg: float = 10.0
-    beta_start: float = 20.0
-    beta_end: float = 2.0
-    warmup: float = 0.2
+    steps: int = option(1000, 1, 100000)
+    lr: float = option(0.01, 0, 10, lo_open=True)
+    reg: float = option(10.0, 0, 1000)
+    beta_start: float = option(20.0, 1, 1000)
+    beta_end: float = option(2.0, 1, 1000)
+    warmup: float = option(0.2, 0, 1, hi_open=True)
     grid: Literal["minmax", "mse"] = "minmax"
 
-    def __post_init__(self):
-        if not 1 <= self.steps <= 100000:
-            raise GanqError(f"method adaround: steps must be in 1..100000, got {self.steps}")
-        if not 0 < self.lr <= 10:
-            raise GanqError(f"method adaround: lr must be in (0, 10], got {self.lr}")
-        if not 0 <= self.reg <= 1000:
-            raise GanqError(f"method adaround: reg must be in [0, 1000], got {self.reg}")
-        if not 1 <= self.beta_end <= self.beta_start <= 1000:
+    def check(self):
+        if not self.beta_end <= self.beta_start:
             raise GanqError(f"method adaround: need 1 <= beta_end <= beta_start <= 1000, got {self.beta_end} and "
                             f"{self.beta_start}")
-        if not 0 <= self.warmup < 1:
-            raise GanqError(f"method adaround: warmup must be in [0, 1), got {self.warmup}")
-        choice(self.name, "grid", self.grid, GRIDS)
 
     def codes(self, w, h, scale, offset, levels):
         codes, kept = adaround_codes(w, h, scale, offset, levels, self.steps, self.lr, self.reg, self.beta_start,

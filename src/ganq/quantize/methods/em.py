@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ganq.errors import GanqError
-from ganq.quantize.methods import (Method, affine_codes, affine_solution, decode_rows, prepare, register,
+from ganq.quantize.methods import (Method, affine_codes, affine_solution, decode_rows, option, prepare, register,
                                    sq_error)
 
 
@@ -59,11 +58,7 @@ class EM(Method):
     name = "em"
     summary = "QGAN's EM quantizer: levels alpha*i + beta refitted by least squares from the min-max start"
     paper = "Wang et al. 2019, QGAN: Quantized Generative Adversarial Networks"
-    iters: int = 100
-
-    def __post_init__(self):
-        if not 1 <= self.iters <= 10000:
-            raise GanqError(f"method em: iters must be in 1..10000, got {self.iters}")
+    iters: int = option(100, 1, 10000)
 
     def solve(self, x, bits, axis, ctx=None):
         self.check_bits(bits)

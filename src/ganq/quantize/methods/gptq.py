@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 
 from ganq.errors import GanqError
-from ganq.quantize.methods import choice, register
-from ganq.quantize.methods._calibrated import GRIDS, CalibratedMethod, nearest
+from ganq.quantize.methods import option, register
+from ganq.quantize.methods._calibrated import CalibratedMethod, nearest
 
 
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
@@ -79,17 +79,10 @@ class GPTQ(CalibratedMethod):
     name = "gptq"
     summary = "calibrated: round column by column, spreading each error through the inverse Hessian of the inputs"
     paper = "Frantar et al. 2022, GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers"
-    damp: float = 0.01
+    damp: float = option(0.01, 0, 10, note=" (a fraction of H's mean diagonal)")
     act_order: bool = False
-    block: int = 128
+    block: int = option(128, 1, 65536)
     grid: Literal["minmax", "mse"] = "minmax"
-
-    def __post_init__(self):
-        if not 0 <= self.damp <= 10:
-            raise GanqError(f"method gptq: damp must be in [0, 10] (a fraction of H's mean diagonal), got {self.damp}")
-        if not 1 <= self.block <= 65536:
-            raise GanqError(f"method gptq: block must be in 1..65536, got {self.block}")
-        choice(self.name, "grid", self.grid, GRIDS)
 
     def codes(self, w, h, scale, offset, levels):
         return gptq_codes(w, h, scale, offset, levels, self.damp, self.act_order, self.block), {}

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ganq.errors import GanqError
-from ganq.quantize.methods import Method, choice, decode_rows, prepare, register, sq_error
+from ganq.quantize.methods import Method, decode_rows, option, prepare, register, sq_error
 from ganq.quantize.methods._codebook import codebook_solution, nearest
 from ganq.quantize.methods.em import em_row
 
@@ -44,13 +43,8 @@ class KMeans(Method):
     paper = "Lloyd 1982; weight sharing as in Han et al. 2016, Deep Compression"
     decoder = "codebook"
     max_bits = 8
-    init: str = "quantile"
-    iters: int = 100
-
-    def __post_init__(self):
-        choice(self.name, "init", self.init, ("quantile", "em"))
-        if not 1 <= self.iters <= 10000:
-            raise GanqError(f"method kmeans: iters must be in 1..10000, got {self.iters}")
+    init: str = option("quantile", choices=("quantile", "em"))
+    iters: int = option(100, 1, 10000)
 
     def solve(self, x, bits, axis, ctx=None):
         self.check_bits(bits)

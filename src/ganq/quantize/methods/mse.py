@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ganq.errors import GanqError
-from ganq.quantize.methods import (Method, affine_codes, affine_solution, decode_rows, prepare, register,
+from ganq.quantize.methods import (Method, affine_codes, affine_solution, decode_rows, option, prepare, register,
                                    sq_error)
 
 
@@ -23,14 +22,8 @@ class MSE(Method):
     name = "mse"
     summary = "uniform grid on the clipping range [a*min, a*max] with the least squared error (a searched)"
     paper = "Choukroun et al. 2019, Low-bit Quantization of Neural Networks for Efficient Inference"
-    steps: int = 100          # shrink factors tried, evenly spaced from 1 down to min_shrink
-    min_shrink: float = 0.05
-
-    def __post_init__(self):
-        if not 2 <= self.steps <= 10000:
-            raise GanqError(f"method mse: steps must be in 2..10000, got {self.steps}")
-        if not 0 < self.min_shrink < 1:
-            raise GanqError(f"method mse: min_shrink must be in (0, 1), got {self.min_shrink}")
+    steps: int = option(100, 2, 10000)   # shrink factors tried, evenly spaced from 1 down to min_shrink
+    min_shrink: float = option(0.05, 0, 1, lo_open=True, hi_open=True)
 
     def solve(self, x, bits, axis, ctx=None):
         self.check_bits(bits)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 
 from ganq.errors import GanqError
-from ganq.quantize.methods import Method, prepare, register
+from ganq.quantize.methods import Method, option, prepare, register
 from ganq.quantize.methods.minmax import MinMax
 
 
@@ -43,11 +44,22 @@ class OCS(Method):
     name = "ocs"
     summary = "outlier channel splitting: halve the largest input channels (ratio=0.05), duplicating their inputs"
     paper = "Zhao et al. 2019, Improving Neural Network Quantization without Retraining using Outlier Channel Splitting"
-    ratio: float = 0.05
+    ratio: float = option(0.05, 0, 1, lo_open=True)
+    rewrites_input: ClassVar[bool] = True
+    conflicts: ClassVar[dict] = {"recalibrate_bn": "it changes the layers' input shapes"}
 
-    def __post_init__(self):
-        if not 0 < self.ratio <= 1:
-            raise GanqError(f"method ocs: ratio must be in (0, 1], got {self.ratio}")
+    def rewrite(self, edit, node, target, sol) -> list:
+        """Nodes that feed `node` its data input with sol.split's channels repeated (Gather + Concat)."""
+        from onnx import helper
+
+        x = node.input[0]
+        idx = edit.init(f"{target.name}_split", np.array(sol.split, np.int64))
+        gathered = edit.fresh(f"{target.name}_xdup")
+        cat = edit.fresh(f"{target.name}_xsplit")
+        nodes = [helper.make_node("Gather", [x, idx], [gathered], name=gathered, axis=target.x_axis),
+                 helper.make_node("Concat", [x, gathered], [cat], name=cat, axis=target.x_axis)]
+        node.input[0] = cat
+        return nodes
 
     def solve(self, x, bits, axis, ctx=None):
         self.check_bits(bits)

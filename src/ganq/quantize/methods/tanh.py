@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ganq.errors import GanqError
-from ganq.quantize.methods import Method, prepare, register
+from ganq.quantize.methods import Method, option, prepare, register
 from ganq.quantize.methods._codebook import codebook_solution
 
 
@@ -26,11 +25,7 @@ class Tanh(Method):
     paper = "companding quantization, as named in the study's future work"
     decoder = "codebook"
     max_bits = 8
-    c: float = 0.5
-
-    def __post_init__(self):
-        if not 0.01 <= self.c <= 100:
-            raise GanqError(f"method tanh: c must be in [0.01, 100], got {self.c}")
+    c: float = option(0.5, 0.01, 100)
 
     def solve(self, x, bits, axis, ctx=None):
         self.check_bits(bits)

@@ -1,0 +1,91 @@
+"""GraphEdit: every change quantization makes to a graph goes through one object."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper, numpy_helper
+
+
+class GraphEdit:
+    """The one object through which quantization changes a graph. The decoders (initializers and nodes that
+    replace weight initializers; shared constants made once), `replace` (float arrays that overwrite an
+    initializer in place: the fake format), `removed` (initializers a decoder now computes) and `before` (nodes a
+    method inserts before a node, e.g. OCS's channel duplication) are collected and committed once, by commit().
+    Corrections (quantize.correct) go through set_init / add_init / insert_after, which apply at once: the
+    calibration of every later layer runs on the corrected graph. Every new name comes from fresh()."""
+
+    def __init__(self, graph, prefix: str = "ganq_q"):
+        taken = {i.name for i in graph.initializer}
+        taken |= {n for node in graph.node for n in list(node.input) + list(node.output)}
+        taken |= {i.name for i in graph.input} | {o.name for o in graph.output}
+        self.graph = graph
+        self.prefix, self.inits, self.nodes, self._shared, self.taken = prefix, [], [], {}, set(taken)
+        self.replace: dict[str, np.ndarray] = {}
+        self.removed: set[str] = set()
+        self.before: dict[int, list] = {}
+        self.initializers = {i.name: i for i in graph.initializer}
+
+    def fresh(self, name: str) -> str:
+        """A name no tensor of the graph has yet."""
+        candidate, i = name, 1
+        while candidate in self.taken:
+            candidate, i = f"{name}_{i}", i + 1
+        self.taken.add(candidate)
+        return candidate
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        name = self.fresh(name)
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def shared(self, key: str, array: np.ndarray) -> str:
+        if key not in self._shared:
+            self._shared[key] = self.init(f"{self.prefix}_{key}", array)
+        return self._shared[key]
+
+    def node(self, op: str, inputs: list[str], output: str, final: bool = False, **attrs) -> str:
+        """A node computing `output`; its name is made unique unless it is the final (replaced) tensor."""
+        output = output if final else self.fresh(output)
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    # --- corrections: applied at once ---
+
+    def set_init(self, name: str, array: np.ndarray) -> None:
+        """Overwrite initializer `name` in place."""
+        self.initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+
+    def add_init(self, name: str, array: np.ndarray, fresh: bool = True) -> str:
+        """A new initializer of the graph (not a decoder's): `name` made fresh unless it already is."""
+        name = self.fresh(name) if fresh else name
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        self.initializers[name] = self.graph.initializer[-1]
+        return name
+
+    def insert_after(self, node, new) -> None:
+        self.graph.node.insert(list(self.graph.node).index(node) + 1, new)
+
+    # --- the collected changes ---
+
+    def insert_before(self, node, nodes: list) -> None:
+        i = next(k for k, n in enumerate(self.graph.node) if n is node)
+        self.before[i] = nodes
+
+    def commit(self) -> None:
+        """Apply the collected changes: in-place replacements, then (when anything was removed or inserted) the
+        initializers without the removed ones plus the decoders', and the nodes with the decoders first (they
+        depend on initializers only) and each inserted run before its node."""
+        graph = self.graph
+        for name, array in self.replace.items():
+            self.initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+        if not (self.removed or self.before):
+            return
+        kept = [i for i in graph.initializer if i.name not in self.removed]
+        del graph.initializer[:]
+        graph.initializer.extend(kept + self.inits)
+        nodes = list(self.nodes)
+        for i, n in enumerate(graph.node):
+            nodes.extend(self.before.get(i, []))
+            nodes.append(n)
+        del graph.node[:]
+        graph.node.extend(nodes)

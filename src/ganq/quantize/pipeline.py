@@ -1,0 +1,75 @@
+"""quantize_model as named steps, each in a module of its own:
+
+    prepare (quantize.prepare)  a copy in the form the steps need: legacy inputs, BatchNorm folded, the opset
+    plan    (quantize.plan)     which tensors, and for each its bits, method and granularity (from the op table)
+    solve   (quantize.solve)    a method turns one weight into codes plus a decoder; calibrated ones see the layer's
+                                inputs through calibration latents
+    correct (quantize.correct)  BatchNorm re-estimation / bias correction (--recalibrate-bn)
+    emit    (quantize.formats)  a format stores codes and decoder (fake / int / packed) through one GraphEdit,
+                                committed once
+    record  (quantize.record)   the size report as `ganq.quant` metadata; onnx.checker
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import onnx
+
+from ganq.errors import GanqError
+from ganq.onnx_io import load_model, save_model
+from ganq.quantize.edit import GraphEdit
+from ganq.quantize.options import QuantizeOptions
+from ganq.quantize.plan import FLOAT_BITS, Plan, make_plan
+from ganq.quantize.prepare import check_opset, prepare
+from ganq.quantize.record import record
+from ganq.quantize.solve import solve_and_emit
+
+
+def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan | None = None
+                   ) -> tuple[onnx.ModelProto, dict]:
+    """A quantized copy of model and its report (also stored as the `ganq.quant` metadata). `plan` overrides the
+    one the options describe (it must name this model's tensors)."""
+    notes: list[str] = []
+    model, folded, v = prepare(model, options, notes)
+    if plan is None:
+        plan = make_plan(model, options.bits, options.method_config, options.granularity, options.include_bias,
+                         options.tensor_bits, options.overrides) if options.bits != FLOAT_BITS or \
+            options.tensor_bits or options.overrides else Plan(())
+    todo = [t for t in plan.tensors if t.quantized]
+    if options.bits != FLOAT_BITS and not todo:
+        hint = (" (its initializers are graph inputs; drop --keep-overridable to treat them as constants)"
+                if options.keep_overridable else "")
+        raise GanqError("model has no quantizable weights (float initializers feeding Conv, ConvTranspose, Gemm or "
+                        f"MatMul){hint}")
+    check_opset(v, options, todo)
+    edit = GraphEdit(model.graph)
+    rows, calib, seconds = solve_and_emit(model, options, todo, v, edit, notes)
+    edit.commit()
+    report = record(model, options, plan, rows, edit, folded, v, calib, notes)
+    report = dict(report, seconds={k: round(t, 3) for k, t in seconds.items()})
+    return model, report
+
+
+def check_output(src, out, force: bool) -> None:
+    """The output policy before any work: not the input model; an existing file only with force."""
+    from ganq._io import check_out
+
+    if Path(out).resolve() == Path(src).resolve():
+        raise GanqError(f"{out}: is the input model; write the quantized model elsewhere")
+    check_out(out, force, [src])
+
+
+def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, plan: Plan | None = None) -> dict:
+    """Quantize file src into out (atomically); the report gains file and gzip sizes."""
+    if Path(out).resolve() == Path(src).resolve():
+        raise GanqError(f"{out}: is the input model; write the quantized model elsewhere")
+    model, report = quantize_model(load_model(src), options, plan)
+    data = save_model(model, out)
+    report.update({"source": str(src), "out": str(out), "bytes_source_file": Path(src).stat().st_size,
+                   "bytes_file": len(data), "bytes_gzip": len(gzip.compress(data, compresslevel=9, mtime=0))})
+    report["ratio_to_fp32"] = report["bytes_file"] / report["bytes_fp32"]
+    return report
+
+

@@ -1,0 +1,136 @@
+"""Steps 3 and 4 of quantize_model, solve and emit, tensor by tensor in graph order: a method turns one weight into
+codes plus a decoder (seeing its layer's inputs through calibration latents when it is calibrated), corrections
+follow (quantize.correct), a method that rewrites its layer's input does so (OCS), and the format emits the codes
+and decoder through the one GraphEdit."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ganq.errors import GanqError, test_point
+from ganq.quantize.columns import Unsupported, check_layer
+from ganq.quantize.correct import correct
+from ganq.quantize.edit import GraphEdit
+from ganq.quantize.formats import FORMATS
+from ganq.quantize.methods import SolveContext
+from ganq.quantize.ops import following_batchnorm
+from ganq.quantize.options import QuantizeOptions
+
+
+def check_data(init: onnx.TensorProto) -> np.ndarray:
+    try:
+        x = numpy_helper.to_array(init)
+    except (ValueError, TypeError) as e:
+        raise GanqError(f"initializer {init.name}: its data does not match its dims ({str(e)[:120]})") from None
+    return x.astype(np.float32)
+
+
+def calibrator(model, options: QuantizeOptions, todo, notes):
+    """A Calibrator on the model being quantized when a method needs layer inputs or --recalibrate-bn is on."""
+    if not todo or not (options.recalibrate_bn or any(tp.method.calibrated for tp in todo)):
+        return None
+    from ganq.onnx_io import read_spec, sample_latents
+    from ganq.quantize.calibrate import Calibrator
+
+    what = "--recalibrate-bn" if options.recalibrate_bn else f"method {options.method}"
+    try:
+        spec = read_spec(model)
+    except GanqError as e:
+        raise GanqError(f"{what} draws calibration latents from the generator's prior, which its spec gives: {e}"
+                        ) from None
+    z = sample_latents(spec, options.calibration, options.calibration_seed, calibration=True)
+    return Calibrator(model, spec.input_name, z)
+
+
+def _layer_inputs(graph, t, x, method, options, calib, notes):
+    """(method to use, LayerStats or None, the consumer node or None) for weight t; a calibrated method falls back
+    to round-to-nearest on its grid where the layer's input columns cannot be built (said in the notes)."""
+    nodes = [n for n in graph.node if t.name in n.input]
+    try:
+        if t.consumers != 1 or len(nodes) != 1:
+            raise Unsupported(f"the weight feeds {t.consumers} nodes")
+        node = nodes[0]
+        check_layer(node, x.shape)
+        need = method.calibrated or (options.recalibrate_bn and following_batchnorm(graph, node) is None)
+        stats = calib.layer_stats(node, x.shape, hessian=method.calibrated) if need else None
+        return method, stats, node
+    except Unsupported as e:
+        if method.calibrated:
+            fb = method.fallback()
+            notes.append(f"{t.name}: {method.name} cannot build this layer's input columns ({e}); rounded to "
+                         f"nearest on its {fb.name} grid")
+            method = fb
+        if options.recalibrate_bn:
+            notes.append(f"{t.name}: not recalibrated ({e})")
+        return method, None, None
+
+
+def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdit, notes: list[str]):
+    """(the report's per-tensor rows, the Calibrator or None, seconds spent calibrating and solving)."""
+    graph = model.graph
+    inits = edit.initializers
+    fmt = FORMATS.get(options.format)
+    rows = []
+    calib = calibrator(model, options, todo, notes)
+    seconds = {"calibrate": 0.0, "solve": 0.0}  # in the returned report only: the file stays deterministic
+    for tp in todo:
+        test_point("work")
+        t = tp.target
+        x = check_data(inits[t.name])
+        if not np.all(np.isfinite(x)):
+            raise GanqError(f"weight {t.name} holds NaN or infinity; fix the model before quantizing it")
+        method, stats, node = tp.method, None, None
+        t0 = time.perf_counter()
+        if calib is not None and t.role == "weight":
+            method, stats, node = _layer_inputs(graph, t, x, method, options, calib, notes)
+        elif method.calibrated:
+            method = method.fallback()
+        ctx = SolveContext(t.name, t.op_type, t.in_axis, t.x_axis, t.group, t.axis,
+                           stats.hessian if stats is not None and method.calibrated else None)
+        t1 = time.perf_counter()
+        try:
+            sol = method.solve(x, tp.bits, tp.axis, ctx)
+        except GanqError as e:
+            raise GanqError(f"{t.name}: {e}") from None
+        t2 = time.perf_counter()
+        corrected = []
+        if calib is not None:
+            calib.weights[t.name] = sol.dequantize()
+            if options.recalibrate_bn and node is not None:
+                corrected = correct(edit, node, t, x, calib.weights[t.name], stats, calib, notes)
+        seconds["calibrate"] += (t1 - t0) + (time.perf_counter() - t2)
+        seconds["solve"] += t2 - t1
+        if sol.split and method.rewrites_input:
+            users = [n for n in graph.node if t.name in n.input]
+            if t.consumers != 1 or len(users) != 1:
+                raise GanqError(f"method {method.name}: weight {t.name} feeds {t.consumers} nodes; it can split only "
+                                "a weight used once")
+            edit.insert_before(users[0], method.rewrite(edit, users[0], t, sol))
+        stored = fmt.emit(edit, t.name, sol, v)
+        if options.format != "fake":
+            edit.removed.add(t.name)
+        rows.append(_row(t, tp, x, sol, method, stored, corrected))
+    return rows, calib, seconds
+
+
+def _row(t, tp, x, sol, method, stored, corrected) -> dict:
+    ideal = int(np.ceil(sol.codes.size * tp.bits / 8)) + sol.decoder.nbytes(tp.bits)
+    row = {"tensor": t.name, "op": t.op_type, "role": t.role, "shape": list(x.shape), "axis": sol.axis,
+           "bits": tp.bits, "method": method.name, "method_opts": method.options(),
+           "granularity": tp.granularity, "decoder": sol.decoder.kind,
+           "params": int(x.size), "bytes_fp32": int(x.nbytes), "bytes_ideal": ideal,
+           "bytes_stored": int(stored), "levels_used": sol.levels_used}
+    if method is not tp.method:
+        row["fallback_from"] = tp.method.name
+    if sol.split:
+        row.update({"split_channels": len(sol.split), "params_stored": int(sol.codes.size),
+                    "shape_stored": list(sol.codes.shape)})
+    if sol.info:
+        row["info"] = sol.info
+    if corrected:
+        row["corrected"] = corrected
+    return row
