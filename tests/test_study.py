@@ -20,7 +20,7 @@ from ganq.report import analysis
 from ganq.study import Execution, SweepSettings, sweep
 from ganq.study import aggregate, parse_method_spec, split_methods
 
-ev = importlib.import_module("ganq.evaluate")
+ev = importlib.import_module("ganq.evaluate.run")
 TIMING = ("seconds", "quantize_seconds", "images_per_s", "file")
 
 

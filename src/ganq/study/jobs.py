@@ -119,7 +119,7 @@ def run_job(job: Job, ctx: Context) -> dict:
     """Quantize (or reuse), then measure every repeat through evaluate's `measure`, each cached on its own; returns
     {'row': the row over repeats, 'grid': repeat 0's first images} or {'row': None, 'error': ...} for a mixed
     target out of reach. Runs in this process, a worker process or a Dask worker alike."""
-    from ganq.evaluate import measure
+    from ganq.evaluate.run import measure
 
     s = ctx.settings
     out = Path(ctx.out)

@@ -149,7 +149,8 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
 
     from functools import partial
 
-    from ganq.evaluate import EvalOptions, evaluate as _evaluate
+    from ganq.evaluate.options import EvalOptions
+    from ganq.evaluate.run import evaluate as _evaluate
     from ganq.quantize import load_model, make_plan, quantize_file
     from ganq.quantize.plan import FLOAT_BITS, Plan, TensorPlan
 
@@ -300,3 +301,35 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
 
 
 __all__ = ["OutOfReach", "MixedOptions", "mixed_quantize", "pareto", "choose", "parse_target", "parse_size"]
+
+
+def mixed_request(bits, tensor_bits, plan, target, budget, avg_bits, bits_choices: str, proxy_n: int, verify_n: int,
+                  max_rounds: int) -> tuple[int, "MixedOptions | None"]:
+    """`ganq quantize`'s choice between a given width and a mixed-precision search: (bits to build the options
+    with, MixedOptions or None). One GanqError when the flags contradict each other."""
+    if target is None and budget is None and avg_bits is None:
+        if bits is None:
+            raise GanqError("give --bits (or --target, --budget or --avg-bits for per-layer widths)")
+        return bits, None
+    from ganq.study.settings import parse_bits
+
+    if bits is not None or tensor_bits or plan:
+        raise GanqError("--target/--budget/--avg-bits choose the bits themselves: drop --bits, --tensor-bits "
+                        "and --plan")
+    try:
+        choices = parse_bits(bits_choices)
+    except GanqError:
+        raise GanqError(f"--bits-choices must be comma-separated widths like 2,3,4,8, got {bits_choices!r}") from None
+    mixed = MixedOptions(target=target, budget=budget, avg_bits=avg_bits, bits_choices=choices, proxy_n=proxy_n,
+                         verify_n=verify_n, max_rounds=max_rounds)
+    return mixed.bits_choices[0], mixed
+
+
+def progress_total(src, mixed: "MixedOptions") -> int:
+    """The number of progress steps mixed_quantize reports for model src: the fp32 reference, every weight at every
+    width, the uniform plans, and the verification rounds."""
+    from ganq.onnx_io import load_model
+    from ganq.quantize.ops import count_weights
+
+    n_layers = count_weights(load_model(src, external_data=False))
+    return 1 + n_layers * len(mixed.bits_choices) + 2 + mixed.max_rounds + len(mixed.bits_choices)
