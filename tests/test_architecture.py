@@ -51,7 +51,7 @@ def test_one_session_recipe_and_one_metadata_reader():
 
 
 def test_stage_package_inits_only_re_export():
-    for pkg in ("runtime", "report", "study"):
+    for pkg in ("quantize", "evaluate", "runtime", "report", "study"):
         tree = ast.parse((SRC / pkg / "__init__.py").read_text())
         for i, node in enumerate(tree.body):
             doc = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
@@ -68,3 +68,19 @@ def test_deploy_modules_import_without_torch():
             "or m.startswith(('ganq.train', 'ganq.export'))); print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_cli_parses_and_renders_only():
+    """No rule in cli/: no GanqError raised there (but the one line saying torch is missing), no range checked, no
+    op type asked, no metadata read; the rules live in the layers below, which the commands call."""
+    for p in (SRC / "cli").glob("*.py"):
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) and node.exc is not None and "GanqError" in ast.unparse(node.exc):
+                fn = next(f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                          and f.lineno <= node.lineno <= f.end_lineno)
+                assert (p.name, fn.name) == ("base.py", "need_torch"), f"{p.name}:{node.lineno} raises GanqError"
+            if isinstance(node, ast.Name):
+                assert node.id not in ("check_range", "check_out", "op_type"), f"{p.name}:{node.lineno}: {node.id}"
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in ("op_type", "metadata_props"), f"{p.name}:{node.lineno}: {node.attr}"

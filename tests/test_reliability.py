@@ -29,7 +29,7 @@ def test_interrupted_first_sweep_resumes(tiny_onnx, tiny_classifier, toy_data_ro
 
     sw = importlib.import_module("ganq.study.executors")
 
-    ev = importlib.import_module("ganq.evaluate")  # the sweep measures through evaluate's own function
+    ev = importlib.import_module("ganq.evaluate.run")  # the sweep measures through evaluate's own function
     out = tmp_path / "first"
     calls = {"n": 0}
     real_score = ev.score
@@ -231,17 +231,36 @@ def _wait_for(cond, timeout=60.0):
     return True
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
-def test_signal_during_quantize_leaves_nothing(tiny_onnx, tmp_path, sig):
-    """A slow quantize (adaround with many steps) stopped mid-solve: no output, no temp file; the rerun works."""
-    import signal
-    import time
+INTERRUPTED = ["error: interrupted; files already written are complete"]
+
+
+@pytest.mark.parametrize("point", ["start", "import", "parse", "work"])
+def test_ctrl_c_at_any_point_is_one_line(tiny_onnx, tmp_path, point):
+    """SIGINT at each stage of a command (ganq sends it to itself at a fixed place: no timing): the one line, 130,
+    nothing written."""
+    import os
+    import subprocess
+    import sys
 
     out = tmp_path / "q.onnx"
-    p = _ganq("quantize", tiny_onnx, "--bits", "3", "--method", "adaround", "--method-opt", "steps=100000",
-              "--calibration", "64", "--out", out, cwd=tmp_path)
-    time.sleep(3.0)  # into the calibration and solve (the whole run would take many minutes)
-    assert p.poll() is None, p.communicate()
+    r = subprocess.run([sys.executable, "-m", "ganq", "quantize", str(tiny_onnx), "--bits", "3", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, preexec_fn=_default_sigint,
+                       env={**os.environ, "GANQ_TEST_SIGNAL_AT": point})
+    assert r.returncode == 130 and r.stderr.strip().splitlines() == INTERRUPTED, (point, r.stderr[-2000:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_signal_during_quantize_leaves_nothing(tiny_onnx, tmp_path, sig):
+    """A quantize stopped by a signal from outside while it solves (it waits at the first weight until the signal
+    comes: no timing): no output, no temp file; the rerun works."""
+    import os
+    import signal
+
+    out = tmp_path / "q.onnx"
+    p = _ganq("quantize", tiny_onnx, "--bits", "3", "--method", "adaround", "--method-opt", "steps=20",
+              "--calibration", "64", "--out", out, cwd=tmp_path, env={**os.environ, "GANQ_TEST_PAUSE_AT": "work"})
+    assert p.stderr.readline().strip() == "ganq-test: paused at work"
     p.send_signal(getattr(signal, sig))
     try:
         _, err = p.communicate(timeout=60)

@@ -1,6 +1,3 @@
-"""python -m ganq: the ganq command."""
+from ganq.entry import main
 
-from ganq.cli import main
-
-if __name__ == "__main__":
-    main()
+main()

@@ -23,3 +23,21 @@ def warn(message: str) -> None:
     import sys
 
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def test_point(name: str) -> None:
+    """Deterministic places for the signal tests (start, import, parse: the command line's stages; work: each weight
+    quantize solves). GANQ_TEST_SIGNAL_AT=name: ganq sends itself SIGINT here. GANQ_TEST_PAUSE_AT=name: ganq says
+    so on stderr and waits here (up to 60 s) for the test's own signal."""
+    import os
+
+    if os.environ.get("GANQ_TEST_SIGNAL_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGINT)
+    if os.environ.get("GANQ_TEST_PAUSE_AT") == name:
+        import sys
+        import time
+
+        print(f"ganq-test: paused at {name}", file=sys.stderr, flush=True)
+        time.sleep(60)

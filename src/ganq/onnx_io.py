@@ -122,9 +122,15 @@ def read_quant(model) -> dict | None:
 
 def describe(src, dst, *, latent_dim: int, latent: str = "normal", output_range=(-1.0, 1.0),
              input_name: str | None = None, output_name: str | None = None, dataset: str = "",
-             arch: str = "") -> GeneratorSpec:
-    """Write a GeneratorSpec into a generator exported elsewhere, checking it against the graph's signature."""
+             arch: str = "", force: bool = False) -> GeneratorSpec:
+    """Write a GeneratorSpec into a generator exported elsewhere (dst: src itself, or a new file, which may replace
+    an existing one only with force), checking it against the graph's signature."""
     import onnx
+
+    from ganq._io import check_out
+
+    if Path(dst).resolve() != Path(src).resolve():
+        check_out(dst, force, [src])
 
     try:
         model = onnx.load(str(src))

@@ -90,3 +90,12 @@ class GeneratorSpec:
         if not isinstance(d, dict):
             raise GanqError("spec: metadata is not a JSON object")
         return cls.from_dict(d)
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """'LOW,HIGH' -> (low, high)."""
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise GanqError(f"--output-range must be LOW,HIGH, got {text!r}") from None
+    return lo, hi

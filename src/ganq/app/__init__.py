@@ -129,3 +129,8 @@ def serve(folder: str | Path, port: int = 0, isolate: bool = True):
     except OSError as e:
         raise GanqError(f"cannot listen on 127.0.0.1:{port} ({e.strerror or e})") from None
     return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/"
+
+
+def check_port(port) -> None:
+    if port is not None and not 0 <= port <= 65535:
+        raise GanqError(f"--serve must be a port in 0..65535, got {port}")

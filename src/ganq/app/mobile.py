@@ -63,14 +63,18 @@ def read_operators(config: Path) -> list[str]:
     return sorted(ops)
 
 
-def export_ort(model: str | Path, out: str | Path, optimization: str | None = None, n: int = 8) -> dict:
-    """Convert ganq generator `model` to `out` (.ort) and `out` with suffix .required_operators.config."""
+def export_ort(model: str | Path, out: str | Path, optimization: str | None = None, n: int = 8,
+               force: bool = False) -> dict:
+    """Convert ganq generator `model` to `out` (.ort) and `out` with suffix .required_operators.config (an existing
+    `out` is replaced only with force)."""
+    from ganq._io import check_out
+
+    check_out(out, force, [model])
     import onnx
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     from ganq._io import atomic_path
-    from ganq.onnx_io import load_model
-    from ganq.onnx_io import META_QUANT, read_metadata, read_spec
+    from ganq.onnx_io import META_QUANT, load_model, read_metadata, read_spec
 
     model, out = Path(model), Path(out)
     if optimization is not None and optimization not in LEVELS:

@@ -253,3 +253,17 @@ def load(name: str, split: str = "train", data_root=None, download=None, limit: 
         keep = balanced_head(labels, limit)
         images, labels = images[keep], labels[keep]
     return Dataset(name, split, np.ascontiguousarray(images), labels, list(classes or entry.classes), str(found))
+
+
+def catalogue(data_root=None) -> list[dict]:
+    """Every data set ganq knows, with where it was found (or how to get it)."""
+    rows = []
+    for name in names():
+        entry = get_entry(name)
+        found, _ = locate(name, data_root)
+        if found is None:
+            test_only, _ = locate(name, data_root, "test")
+            found = f"{test_only} (test split only)" if test_only else None
+        rows.append({"name": name, "shape": "x".join(map(str, entry.shape)), "found": str(found) if found else None,
+                     "description": entry.description, "how_to_get": None if found else entry.how_to_get})
+    return rows

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ganq.errors import GanqError
 
 
 @dataclass(frozen=True)
@@ -38,8 +37,7 @@ class Dist:
         return self.rank == 0
 
 
-def under_torchrun() -> bool:
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+from ganq.train.requests import per_process_batch, under_torchrun  # noqa: E402,F401  (torch-free, re-exported)
 
 
 def setup(device: torch.device) -> tuple[Dist, torch.device]:
@@ -104,17 +102,6 @@ def sync_batchnorm(module: torch.nn.Module) -> int:
             m.forward = types.MethodType(_global_bn_forward, m)
             count += 1
     return count
-
-
-def per_process_batch(batch: int, nproc: int) -> int:
-    if nproc < 1:
-        raise GanqError(f"--nproc must be at least 1, got {nproc}")
-    if batch % nproc:
-        raise GanqError(f"--batch-size {batch} does not split over {nproc} processes; use a multiple of {nproc}")
-    if batch // nproc < 2:
-        raise GanqError(f"--batch-size {batch} over {nproc} processes leaves {batch // nproc} image a process; "
-                        "BatchNorm needs at least 2")
-    return batch // nproc
 
 
 def launch(nproc: int, argv: list[str]) -> int:

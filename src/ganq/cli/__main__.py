@@ -1,0 +1,3 @@
+from ganq.entry import main
+
+main()

@@ -1,0 +1,182 @@
+"""`ganq quantize` (uniform, planned or mixed precision) and `ganq spec`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ganq.cli.base import (DataRoot, app, emit, err_console, formats_help, granularities_help, handles_errors,
+                           method_options, methods_help, out_console, size, table)
+
+
+def _render_quant(r: dict) -> None:
+    rows = [[t["tensor"], t["op"], "x".join(map(str, t.get("shape_stored", t["shape"]))), t["bits"], t["method"],
+             t["decoder"], f"{t.get('params_stored', t['params']):,}", size(t["bytes_fp32"]),
+             size(t["bytes_ideal"]), size(t["bytes_stored"]), t["levels_used"]] for t in r["tensors"]]
+    width = f"{r['avg_bits']:.2f}-bit average" if r.get("mixed") else f"{r['bits']}-bit"
+    title = (f"{width} {r['method']} per {r['granularity']}, format {r['format']}"
+             + (f", {r['bn_folded']} BatchNorm folded" if r["fold_bn"] else ""))
+    out_console.print(table(title, ["tensor", "op", "shape", "bits", "method", "decoder", "params", "fp32", "ideal",
+                                     "stored", "levels"], rows))
+    ideal = f"ideal {r['avg_bits']:.2f}-bit" if r.get("mixed") else f"ideal {r['bits']}-bit"
+    out_console.print(table("model size", ["params quantized", "params float", "fp32", ideal,
+                                            "file", "gzip", "file / fp32"],
+                             [[f"{r['params_quantized']:,}", f"{r['params_float']:,}", size(r["bytes_fp32"]),
+                               size(r["bytes_ideal"]), size(r["bytes_file"]), size(r["bytes_gzip"]),
+                               f"{r['ratio_to_fp32']:.3f}"]]))
+    cal = r.get("calibration")
+    if cal:
+        kinds = [c["kind"] for t in r["tensors"] for c in t.get("corrected", [])]
+        fixed = (f"; {kinds.count('bn_mean')} BatchNorm re-estimated, "
+                 f"{kinds.count('bias') + kinds.count('bias_added')} biases corrected") if cal["recalibrate_bn"] else ""
+        sec = r.get("seconds", {})
+        out_console.print(f"calibration: {cal['latents']:,} latents (seed {cal['seed']}), {cal['forward_passes']} "
+                          f"forward passes, {sec.get('calibrate', 0):.1f} s calibrating + {sec.get('solve', 0):.1f} s "
+                          f"solving{fixed}", highlight=False)
+    out_console.print(f"wrote {r['out']} ({r['bytes_file'] / r['bytes_fp32']:.3f} of fp32)", highlight=False)
+
+
+@app.command(epilog="Methods (--method):\n\n" + methods_help(), rich_help_panel=None)
+@handles_errors
+def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or zoo:NAME)")],
+             out: Annotated[Path, typer.Option(help="Output .onnx")],
+             bits: Annotated[Optional[int], typer.Option(
+                 help="1..16; 32 leaves the weights float (or let --target/--budget/--avg-bits choose per layer)")
+             ] = None,
+             method: Annotated[str, typer.Option(help="Quantization method (listed below)")] = "minmax",
+             method_opt: Annotated[Optional[list[str]], typer.Option(
+                 help="KEY=VALUE option of the method, repeatable (e.g. prior=gaussian for aciq)")] = None,
+             granularity: Annotated[str, typer.Option(help=granularities_help())] = "tensor",
+             format: Annotated[str, typer.Option("--format", help=formats_help())] = "fake",
+             tensor_bits: Annotated[Optional[list[str]], typer.Option(
+                 help="NAME=BITS for one weight (NAME may be first or last), repeatable: a mixed plan")] = None,
+             plan: Annotated[Optional[Path], typer.Option(help="JSON plan with per-tensor bits/method")] = None,
+             fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the weights first")] = False,
+             include_bias: Annotated[bool, typer.Option("--include-bias", help="Quantize biases too")] = False,
+             keep_overridable: Annotated[bool, typer.Option(
+                 "--keep-overridable", help="Initializers listed as graph inputs stay inputs (not quantized)")] = False,
+             no_upgrade_opset: Annotated[bool, typer.Option(
+                 "--no-upgrade-opset", help="Keep an opset below 21 (int/packed then use what it has)")] = False,
+             calibration: Annotated[int, typer.Option(
+                 help="Calibration latents from the generator's prior (gptq, adaround, --recalibrate-bn), "
+                      "1..1000000")] = 1024,
+             calibration_seed: Annotated[int, typer.Option(
+                 help="Seed of the calibration latents (a stream of their own, never evaluate's)")] = 0,
+             recalibrate_bn: Annotated[bool, typer.Option(
+                 "--recalibrate-bn", help="After each layer: re-estimate the BatchNorm after it through the "
+                                          "quantized graph, or correct its bias (any method)")] = False,
+             target: Annotated[Optional[str], typer.Option(
+                 help="Mixed precision: METRIC=RATIO of fp32, e.g. fid=1.10 (FID at most +10%) or precision=0.95")
+             ] = None,
+             budget: Annotated[Optional[str], typer.Option(
+                 help="Mixed precision: the best quality within a file size, e.g. 350KiB")] = None,
+             avg_bits: Annotated[Optional[float], typer.Option(
+                 help="Mixed precision: the best quality within an average width")] = None,
+             bits_choices: Annotated[str, typer.Option(help="Widths mixed precision chooses from")] = "2,3,4,5,6,8",
+             proxy_n: Annotated[int, typer.Option(
+                 help="Images per per-layer sensitivity score (mixed precision), 100..100000")] = 2000,
+             verify_n: Annotated[int, typer.Option(
+                 help="Images (generated and real) verifying the mixed plan, 10..1000000")] = 10000,
+             max_rounds: Annotated[int, typer.Option(
+                 help="Re-verifications after widening the most sensitive layer, 0..20")] = 3,
+             dataset: Annotated[Optional[str], typer.Option(
+                 help="Real data for mixed precision (default: the model's spec)")] = None,
+             features: Annotated[str, typer.Option(
+                 help="Feature network for mixed precision (as ganq evaluate)")] = "classifier",
+             data_root: DataRoot = None,
+             force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
+             as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Quantize a generator's weights to k bits with a method (or per layer by a GAN metric); print the report."""
+    from ganq.onnx_io import resolve_model
+    from ganq.quantize import QuantizeOptions, quantize_file
+    from ganq.quantize.pipeline import check_output
+    from ganq.quantize.plan import parse_tensor_bits
+    from ganq.study.mixed import mixed_request
+
+    bits, mixed = mixed_request(bits, tensor_bits, plan, target, budget, avg_bits, bits_choices, proxy_n, verify_n,
+                                max_rounds)
+    opts = QuantizeOptions(bits=bits, method=method, method_opts=method_options(method_opt),
+                           granularity=granularity, format=format, fold_bn=fold_bn, include_bias=include_bias,
+                           tensor_bits=parse_tensor_bits(tensor_bits or []),
+                           plan_file=str(plan) if plan else None, keep_overridable=keep_overridable,
+                           upgrade_opset=not no_upgrade_opset, calibration=calibration,
+                           calibration_seed=calibration_seed, recalibrate_bn=recalibrate_bn)
+    src = resolve_model(model)
+    check_output(src, out, force)
+    if mixed is not None:
+        _mixed(src, out, opts, mixed, dataset, features, data_root, as_json)
+        return
+    report = quantize_file(src, out, opts)
+    for note in report.get("notes", []):
+        err_console.print(f"note: {note}", markup=False, highlight=False)
+    emit(report, as_json, _render_quant)
+
+
+def _mixed(src, out, opts, mixed, dataset, features, data_root, as_json) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ganq.study.mixed import mixed_quantize, progress_total
+
+    total = progress_total(src, mixed)
+    with Progress(TextColumn("mixed precision: {task.fields[now]}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("mixed", total=total, now="sensitivity")
+        r = mixed_quantize(src, out, opts, mixed, dataset=dataset, features=features, data_root=data_root,
+                           progress=lambda what, done=1: bar.update(task, advance=done, now=what))
+
+    emit(r, as_json, _render_mixed)
+
+
+def _render_mixed(r: dict) -> None:
+    widths = r["bits_choices"]
+    per = [{int(k): v for k, v in x["by_bits"].items()} for x in r["layers"]]  # int keys, also from --json output
+    rows = [[x["tensor"], x["op"], f"{x['params']:,}"] + [f"{p[b]['loss']:.2f}" for b in widths]
+            + [x["chosen_bits"], size(p[x["chosen_bits"]]["bytes"])] for x, p in zip(r["layers"], per)]
+    out_console.print(table(f"per-layer {r['metric']} loss against fp32 on {r['proxy_n']:,} images (each layer "
+                             "alone at each width), and the chosen widths",
+                             ["tensor", "op", "params"] + [f"{b} bits" for b in widths] + ["chosen", "bytes"],
+                             rows))
+    f = r["fp32"]
+    urows = [["fp32 (weights)", size(4 * sum(x["params"] for x in r["layers"])), f"{f['fid']:.2f}",
+              f"{f['precision']:.3f}", f"{f['recall']:.3f}", "-"],
+             [f"mixed ({r['avg_bits']:.2f} bits avg)", size(r["bytes_file"]), f"{r['verified']['fid']:.2f}",
+              f"{r['verified']['precision']:.3f}", f"{r['verified']['recall']:.3f}", "yes"]]
+    urows += [[f"uniform {u['bits']}-bit", size(u["bytes_file"]), f"{u['fid']:.2f}",
+               f"{u['precision']:.3f}", f"{u['recall']:.3f}", "yes" if u["meets"] else "no"] for u in r["uniform"]]
+    goal = r["target"] or (f"budget {r['budget_bytes']:,} B" if r["budget_bytes"] else f"{r['avg_bits_limit']} bits")
+    out_console.print(table(f"verified on {r['verify_n']:,} + {r['verify_n']:,} images ({goal})",
+                             ["plan", "file", "FID", "precision", "recall", "meets"], urows))
+    out_console.print(f"wrote {r['out']} and {r['plan_file']} ({len(r['rounds'])} verification(s))",
+                      highlight=False)
+
+
+@app.command("spec")
+@handles_errors
+def spec_cmd(model: Annotated[str, typer.Argument(help="A generator .onnx (or zoo:NAME)")],
+             latent_dim: Annotated[Optional[int], typer.Option(help="Latent size")] = None,
+             latent: Annotated[str, typer.Option(help="normal or uniform")] = "normal",
+             output_range: Annotated[str, typer.Option(help="LOW,HIGH of the images")] = "-1,1",
+             input_name: Annotated[Optional[str], typer.Option(help="Latent input (default: the only input)")] = None,
+             output_name: Annotated[Optional[str], typer.Option(help="Image output (default: the only output)")] = None,
+             dataset: Annotated[str, typer.Option(help="Data set it was trained on")] = "",
+             arch: Annotated[str, typer.Option(help="Architecture name")] = "",
+             out: Annotated[Optional[Path], typer.Option(help="Write here instead of in place")] = None,
+             force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
+             as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Show a generator's spec; with --latent-dim, write one into a model exported elsewhere."""
+    from ganq.onnx_io import describe, load_model, read_spec, resolve_model
+    from ganq.spec import parse_range
+
+    model = resolve_model(model)
+    if latent_dim is None:
+        spec = read_spec(load_model(model), str(model))
+        emit(spec.to_dict(), as_json, lambda d: out_console.print_json(json.dumps(d)))
+        return
+    lo, hi = parse_range(output_range)
+    spec = describe(model, out or model, latent_dim=latent_dim, latent=latent, output_range=(lo, hi),
+                    input_name=input_name, output_name=output_name, dataset=dataset, arch=arch, force=force)
+    emit(spec.to_dict(), as_json, lambda d: out_console.print(f"wrote ganq.spec into {out or model}: "
+                                                                 f"{json.dumps(d)}", highlight=False))
