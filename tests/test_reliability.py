@@ -321,3 +321,79 @@ def test_initializer_claiming_more_values_than_its_data(tmp_path):
     assert not (tmp_path / "q.onnx").exists()
     with pytest.raises(GanqError, match="onnxruntime cannot load it"):
         session(tmp_path / "bad.onnx")
+
+
+def test_real_feature_cache_is_keyed_by_the_data_it_came_from(tiny_onnx, tiny_classifier, tmp_path):
+    """Two copies of 'mnist' that differ (two data roots) share one cache folder: each evaluation scores against
+    its own data, as without a cache (it once scored against whichever copy filled the cache first)."""
+    from conftest import make_idx_root
+    from ganq.evaluate import evaluate
+
+    a = make_idx_root(tmp_path / "a", n_test=64)
+    b = tmp_path / "b"
+    from conftest import toy_digits, write_idx
+
+    for split in ("train", "t10k"):  # another copy, inverted
+        images, labels = toy_digits(64, seed=5)
+        write_idx(b / f"MNIST/raw/{split}-images-idx3-ubyte", 255 - images)
+        write_idx(b / f"MNIST/raw/{split}-labels-idx1-ubyte", labels)
+    opts = EvalOptions(n=60, kid_subset_size=30)
+    net = str(tiny_classifier[0])
+    fid = {}
+    for name, root in (("a", a), ("b", b), ("a2", a)):
+        shared = evaluate(tiny_onnx, "mnist", net, opts, data_root=root, cache=tmp_path / "shared")["fid"]
+        alone = evaluate(tiny_onnx, "mnist", net, opts, data_root=root, cache=tmp_path / f"own-{name}")["fid"]
+        assert shared == alone, name
+        fid[name] = shared
+    assert fid["a"] == fid["a2"] and abs(fid["a"] - fid["b"]) > 1e-3
+    assert len(list((tmp_path / "shared").glob("real-*.npz"))) == 2
+
+
+def test_sidecar_files_follow_the_output_policy(tiny_onnx, tmp_path):
+    """The plan file of a mixed quantize and the operator config of export-ort are refused like the main output
+    when they exist (before any work), and replaced with --force."""
+    plan = tmp_path / "m.onnx.plan.json"
+    plan.write_text("mine")
+    r = CliRunner().invoke(app, ["quantize", str(tiny_onnx), "--target", "fid=1.5", "--out", str(tmp_path / "m.onnx"),
+                                 "--features", str(tmp_path / "none.onnx")])
+    assert r.exit_code == 1 and "m.onnx.plan.json: exists; add --force" in r.output, r.output
+    assert plan.read_text() == "mine" and not (tmp_path / "m.onnx").exists()
+    cfg = tmp_path / "g.required_operators.config"
+    cfg.write_text("mine")
+    r = CliRunner().invoke(app, ["export-ort", str(tiny_onnx), "--out", str(tmp_path / "g.ort")])
+    assert r.exit_code == 1 and "g.required_operators.config: exists; add --force" in r.output, r.output
+    assert cfg.read_text() == "mine" and not (tmp_path / "g.ort").exists()
+    cfg.unlink()
+    cfg.mkdir()  # a folder where the config goes: refused before the .ort is written
+    r = CliRunner().invoke(app, ["export-ort", str(tiny_onnx), "--out", str(tmp_path / "g.ort"), "--force"])
+    assert r.exit_code == 1 and "is a folder" in r.output and not (tmp_path / "g.ort").exists(), r.output
+    cfg.rmdir()
+    r = CliRunner().invoke(app, ["export-ort", str(tiny_onnx), "--out", str(tmp_path / "g.ort")])
+    assert r.exit_code == 0 and cfg.read_text() != "mine", r.output
+
+
+def test_sweep_mixed_errors_name_the_sweeps_own_options(tiny_onnx, tmp_path):
+    for args, msg in ((["--mixed", "fid"], "--mixed must be METRIC=RATIO"),
+                      (["--mixed", "fid=nan"], "--mixed fid must be a number in"),
+                      (["--mixed", "fid=0.5"], "--mixed fid must be a number in 1.0..100.0"),
+                      (["--mixed", "fid=1.1", "--mixed-choices", "2,x"], "--mixed-choices must be comma-separated")):
+        r = CliRunner().invoke(app, ["sweep", str(tiny_onnx), "--out", str(tmp_path / "s"), *args])
+        assert r.exit_code == 1 and msg in r.output and "--target" not in r.output, (args, r.output)
+    assert not (tmp_path / "s").exists()
+
+
+def test_of_two_writers_of_one_new_name_the_second_is_told_it_exists(tmp_path):
+    """Without --force a final name is claimed without replacing: a writer that finds the name taken when it
+    finishes (another run wrote it meanwhile) fails in one line and leaves the other's file and no temp file."""
+    from ganq._io import atomic_path
+
+    target = tmp_path / "q.onnx"
+    with pytest.raises(GanqError, match="q.onnx: exists .*add --force"):
+        with atomic_path(target, replace=False) as first:
+            first.write_bytes(b"first")
+            with atomic_path(target, replace=False) as second:
+                second.write_bytes(b"second")
+    assert target.read_bytes() == b"second" and sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]
+    with atomic_path(target) as again:  # --force: replaced
+        again.write_bytes(b"forced")
+    assert target.read_bytes() == b"forced"

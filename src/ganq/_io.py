@@ -9,8 +9,10 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike):
-    """Yield a temporary path in target's folder; rename it to target only if the block succeeds."""
+def atomic_path(target: str | os.PathLike, replace: bool = True):
+    """Yield a temporary path in target's folder; rename it to target only if the block succeeds. replace=False
+    claims the name atomically without replacing (a hard link): of two writers of one new name without --force,
+    the second says the file exists instead of silently replacing the first's."""
     from ganq.errors import GanqError
 
     target = Path(target)
@@ -28,10 +30,29 @@ def atomic_path(target: str | os.PathLike):
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the result should look like any written file
     try:
         yield Path(tmp)
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            _claim(Path(tmp), target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _claim(tmp: Path, target: Path) -> None:
+    from ganq.errors import GanqError
+
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise GanqError(f"{target}: exists (written meanwhile by another run); add --force to replace it") from None
+    except OSError:  # a file system without hard links: claim the name exclusively, then fill it
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            raise GanqError(f"{target}: exists (written meanwhile by another run); add --force to replace it"
+                            ) from None
+        os.replace(tmp, target)
 
 
 def _alive(pid: int) -> bool:
@@ -62,8 +83,8 @@ def glob_escape(name: str) -> str:
     return glob.escape(name)
 
 
-def write_bytes_atomic(target, data: bytes) -> None:
-    with atomic_path(target) as tmp:
+def write_bytes_atomic(target, data: bytes, replace: bool = True) -> None:
+    with atomic_path(target, replace) as tmp:
         tmp.write_bytes(data)
 
 

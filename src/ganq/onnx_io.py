@@ -72,12 +72,13 @@ def load_model(path: str | Path, external_data: bool = True):
     return model
 
 
-def save_model(model, path: str | Path) -> bytes:
-    """Write model to path atomically (temporary name, then rename); returns the bytes written."""
+def save_model(model, path: str | Path, replace: bool = True) -> bytes:
+    """Write model to path atomically (temporary name, then rename; replace=False: never over an existing file);
+    returns the bytes written."""
     from ganq._io import write_bytes_atomic
 
     data = model.SerializeToString()
-    write_bytes_atomic(path, data)
+    write_bytes_atomic(path, data, replace)
     return data
 
 

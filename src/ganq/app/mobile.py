@@ -70,6 +70,7 @@ def export_ort(model: str | Path, out: str | Path, optimization: str | None = No
     from ganq._io import check_out
 
     check_out(out, force, [model])
+    check_out(Path(out).with_name(Path(out).stem + ".required_operators.config"), force, [model])  # its sidecar
     import onnx
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
@@ -138,11 +139,15 @@ def export_ort(model: str | Path, out: str | Path, optimization: str | None = No
         diff = float(np.max(np.abs(got - want)))
         if not diff <= 1e-5:
             raise GanqError(f"the .ort file's outputs differ from the .onnx file's by {diff:.3g}; nothing written")
-        with atomic_path(out) as tmp:
+        ops = read_operators(cfgs[0])  # this run's list, whatever another run writes meanwhile
+        with atomic_path(out, replace=force) as tmp:
             shutil.copyfile(made[0], tmp)
-        with atomic_path(config) as tmp:
-            shutil.copyfile(cfgs[0], tmp)
-        ops = read_operators(config)
+        try:
+            with atomic_path(config, replace=force) as tmp:
+                shutil.copyfile(cfgs[0], tmp)
+        except BaseException:  # nothing of this run is left: the .ort goes with its config
+            out.unlink(missing_ok=True)
+            raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"out": str(out), "config": str(config), "source": str(model), "format": fmt,

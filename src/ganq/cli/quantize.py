@@ -94,7 +94,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     from ganq.quantize import QuantizeOptions, quantize_file
     from ganq.quantize.pipeline import check_output
     from ganq.quantize.plan import parse_tensor_bits
-    from ganq.study.mixed import mixed_request
+    from ganq.study.mixed import check_outputs, mixed_request
 
     bits, mixed = mixed_request(bits, tensor_bits, plan, target, budget, avg_bits, bits_choices, proxy_n, verify_n,
                                 max_rounds)
@@ -105,11 +105,11 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                            upgrade_opset=not no_upgrade_opset, calibration=calibration,
                            calibration_seed=calibration_seed, recalibrate_bn=recalibrate_bn)
     src = resolve_model(model)
-    check_output(src, out, force)
+    (check_output if mixed is None else check_outputs)(src, out, force)
     if mixed is not None:
         _mixed(src, out, opts, mixed, dataset, features, data_root, as_json)
         return
-    report = quantize_file(src, out, opts)
+    report = quantize_file(src, out, opts, replace=force)
     for note in report.get("notes", []):
         err_console.print(f"note: {note}", markup=False, highlight=False)
     emit(report, as_json, _render_quant)

@@ -59,7 +59,7 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
                              method_opts=method_options(method_opt), fold_bn=fold_bn,
                              methods=split_methods(methods) if methods is not None else (),
                              recalibrate_bn=recalibrate_bn, calibration=calibration, n=n, seed=seed, speed=speed,
-                             repeats=repeats, mixed=mixed, mixed_choices=parse_bits(mixed_choices),
+                             repeats=repeats, mixed=mixed, mixed_choices=parse_bits(mixed_choices, "--mixed-choices"),
                              proxy_n=proxy_n, eval=EvalOptions(n=n, seed=seed))
     with Progress(TextColumn("sweep {task.fields[now]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as bar:

@@ -101,14 +101,17 @@ def inception_score(logits: np.ndarray, splits: int = 10, shuffle: bool = True, 
         raise GanqError(f"splits must be in [1, {n}], got {splits}")
     if shuffle:
         x = x[np.random.RandomState(seed).permutation(n)]
-    log_p = x - x.max(axis=1, keepdims=True)
+    with np.errstate(over="ignore"):  # logits of magnitude ~1e308: their differences overflow to -inf, p to 0
+        log_p = x - x.max(axis=1, keepdims=True)
     log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
     p = np.exp(log_p)
     scores = []
     for i in range(splits):
         lo, hi = i * n // splits, (i + 1) * n // splits
         q = p[lo:hi].mean(axis=0, keepdims=True)
-        scores.append(float(np.exp((p[lo:hi] * (log_p[lo:hi] - np.log(q))).sum(axis=1).mean())))
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 * log 0 = 0 (logits so far apart that p underflows)
+            kl = np.where(p[lo:hi] > 0, p[lo:hi] * (log_p[lo:hi] - np.log(q)), 0.0)
+        scores.append(float(np.exp(kl.sum(axis=1).mean())))
     return {"inception_score": float(np.mean(scores)), "inception_score_std": float(np.std(scores))}
 
 

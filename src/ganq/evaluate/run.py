@@ -65,10 +65,11 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
         return progress(name, total) if progress else None
 
     fc = FeatureCache(cache)
-    cached = fc.path(net, dataset, opts.real_split, opts.n, opts.seed).exists()
+    entry = fc.entry(net, dataset, opts.real_split, opts.n, opts.seed, data_root)
+    cached = entry[0].exists()
     tick = stage("real features (cached)" if cached else "real features", 1 if cached else opts.n)
     real_logits, real_feats = fc.real(net, dataset, opts.real_split, opts.n, opts.seed, data_root,
-                                      None if cached else tick)
+                                      None if cached else tick, entry)
     if cached and tick:
         tick(1)
     out, _ = measure(g, net, (real_logits, real_feats), opts, progress=progress)

@@ -47,7 +47,20 @@ def real_images(dataset: str, n: int, split: str = "test", seed: int = 0, data_r
     """n real uint8 NHWC images: the whole split when n equals its size, else a seeded subset."""
     from ganq import data
 
-    ds = data.load(dataset, split, data_root=data_root)
+    return subset(data.load(dataset, split, data_root=data_root), n, seed)
+
+
+def data_identity(ds) -> str:
+    """Where a split was read from and a digest of its images: two copies of a data set that differ never share a
+    cache entry."""
+    from pathlib import Path as _Path
+
+    digest = hashlib.sha256(np.ascontiguousarray(ds.images).data).hexdigest()[:16]
+    return f"{_Path(ds.source).resolve()}|{digest}"
+
+
+def subset(ds, n: int, seed: int) -> np.ndarray:
+    dataset, split = ds.name, ds.split
     if n > len(ds.images):
         raise GanqError(f"--n {n} is more than the {len(ds.images)} images of {dataset} {split}")
     if n == len(ds.images):
@@ -57,26 +70,39 @@ def real_images(dataset: str, n: int, split: str = "test", seed: int = 0, data_r
 
 
 class FeatureCache:
-    """Real-image features cached as .npz, keyed by feature network, data set, split, n and seed."""
+    """Real-image features cached as .npz, keyed by feature network, data set, split, n, seed and the data's
+    identity (its resolved source and a digest of the split's images)."""
 
     def __init__(self, folder: str | Path | None):
         from ganq.data import cache_dir
         self.folder = Path(folder) if folder else cache_dir() / "features"
 
-    def path(self, net: FeatureNet, dataset: str, split: str, n: int, seed: int) -> Path:
-        key = hashlib.sha256(f"{net.sha256}|{dataset}|{split}|{n}|{seed}".encode()).hexdigest()[:24]
+    def path(self, net: FeatureNet, dataset: str, split: str, n: int, seed: int, identity: str = "") -> Path:
+        key = hashlib.sha256(f"{net.sha256}|{dataset}|{split}|{n}|{seed}|{identity}".encode()).hexdigest()[:24]
         return self.folder / f"real-{dataset}-{split}-{n}-{key}.npz"
 
-    def real(self, net: FeatureNet, dataset: str, split: str, n: int, seed: int, data_root=None, progress=None):
+    def entry(self, net: FeatureNet, dataset: str, split: str, n: int, seed: int, data_root=None):
+        """(the cache file of these real features, the loaded split)."""
+        from ganq import data
+
+        ds = data.load(dataset, split, data_root=data_root)
+        return self.path(net, dataset, split, n, seed, data_identity(ds)), ds
+
+    def real(self, net: FeatureNet, dataset: str, split: str, n: int, seed: int, data_root=None, progress=None,
+             entry=None):
+        """(logits or None, features) of n real images, from the cache or computed and cached. entry: what
+        entry() gave, when the caller already asked."""
         from ganq._io import atomic_path
 
-        p = self.path(net, dataset, split, n, seed)
+        p, ds = entry or self.entry(net, dataset, split, n, seed, data_root)
+        width = net.info.get("feature_dim")
         if p.exists():
             try:
                 with np.load(p, allow_pickle=False) as z:
                     feats = z["features"]
                     logits = z["logits"] if "logits" in z else None
                 ok = (feats.ndim == 2 and len(feats) == n and feats.dtype.kind == "f" and np.all(np.isfinite(feats))
+                      and (not isinstance(width, int) or feats.shape[1] == width)
                       and (logits is None or (logits.ndim == 2 and len(logits) == n)))
             except Exception:  # truncated, not a zip, missing arrays: np.load raises many types
                 ok = False
@@ -85,7 +111,7 @@ class FeatureCache:
             from ganq.errors import warn
             warn(f"{p}: corrupt or foreign real-feature cache entry; discarded and recomputed")
             p.unlink(missing_ok=True)
-        logits, feats = net(real_images(dataset, n, split, seed, data_root), progress=progress)
+        logits, feats = net(subset(ds, n, seed), progress=progress)
         try:
             with atomic_path(p) as tmp:
                 with open(tmp, "wb") as fh:

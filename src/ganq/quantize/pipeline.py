@@ -61,12 +61,13 @@ def check_output(src, out, force: bool) -> None:
     check_out(out, force, [src])
 
 
-def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, plan: Plan | None = None) -> dict:
+def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, plan: Plan | None = None,
+                  replace: bool = True) -> dict:
     """Quantize file src into out (atomically); the report gains file and gzip sizes."""
     if Path(out).resolve() == Path(src).resolve():
         raise GanqError(f"{out}: is the input model; write the quantized model elsewhere")
     model, report = quantize_model(load_model(src), options, plan)
-    data = save_model(model, out)
+    data = save_model(model, out, replace)
     report.update({"source": str(src), "out": str(out), "bytes_source_file": Path(src).stat().st_size,
                    "bytes_file": len(data), "bytes_gzip": len(gzip.compress(data, compresslevel=9, mtime=0))})
     report["ratio_to_fp32"] = report["bytes_file"] / report["bytes_fp32"]

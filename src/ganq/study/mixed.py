@@ -280,7 +280,7 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
         from ganq._io import atomic_path
 
         chosen = rounds[-1]["bits"]
-        plan_file = Path(str(out) + ".plan.json")
+        plan_file = plan_path(out)
         with atomic_path(plan_file) as dst:
             dst.write_text(plan_of(chosen).to_json() + "\n")
         with atomic_path(out) as dst:
@@ -323,6 +323,21 @@ def mixed_request(bits, tensor_bits, plan, target, budget, avg_bits, bits_choice
     mixed = MixedOptions(target=target, budget=budget, avg_bits=avg_bits, bits_choices=choices, proxy_n=proxy_n,
                          verify_n=verify_n, max_rounds=max_rounds)
     return mixed.bits_choices[0], mixed
+
+
+def plan_path(out) -> Path:
+    """The plan file written beside a mixed-precision model."""
+    return Path(str(out) + ".plan.json")
+
+
+def check_outputs(src, out, force: bool) -> None:
+    """The output policy of `ganq quantize --target/--budget/--avg-bits` before any work: the model and its plan
+    file, each refused if it exists without force."""
+    from ganq._io import check_out
+    from ganq.quantize.pipeline import check_output
+
+    check_output(src, out, force)
+    check_out(plan_path(out), force, [src])
 
 
 def progress_total(src, mixed: "MixedOptions") -> int:

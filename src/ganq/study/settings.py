@@ -105,7 +105,12 @@ class SweepSettings:
                     m.check_bits(b)
         if self.mixed is not None:
             from ganq.study.mixed import MixedOptions
-            MixedOptions(target=self.mixed, bits_choices=self.mixed_choices, proxy_n=self.proxy_n, verify_n=self.n)
+            try:
+                MixedOptions(target=self.mixed, bits_choices=self.mixed_choices, proxy_n=self.proxy_n,
+                             verify_n=self.n)
+            except GanqError as e:  # the search names quantize's flags; the sweep's are --mixed, --mixed-choices
+                raise GanqError(str(e).replace("--target", "--mixed").replace("--bits-choices", "--mixed-choices")
+                                ) from None
 
     def method_list(self) -> list[tuple[str, tuple]]:
         """[(name, options)] in order."""
@@ -139,11 +144,11 @@ class SweepSettings:
         return self.cell_key(name, opts)
 
 
-def parse_bits(text: str) -> tuple[int, ...]:
+def parse_bits(text: str, flag: str = "--bits") -> tuple[int, ...]:
     try:
         return tuple(int(b) for b in text.split(",") if b.strip())
     except ValueError:
-        raise GanqError(f"--bits must be comma-separated integers like 32,8,4,3, got {text!r}") from None
+        raise GanqError(f"{flag} must be comma-separated integers like 32,8,4,3, got {text!r}") from None
 
 
 @dataclass(frozen=True)
