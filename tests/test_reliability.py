@@ -397,3 +397,59 @@ def test_of_two_writers_of_one_new_name_the_second_is_told_it_exists(tmp_path):
     with atomic_path(target) as again:  # --force: replaced
         again.write_bytes(b"forced")
     assert target.read_bytes() == b"forced"
+
+
+def test_outputs_under_a_file_or_in_an_unwritable_place_fail_before_work(tiny_onnx, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    under = blocker / "x"
+    for args in (["quantize", str(tiny_onnx), "--bits", "4", "--out", str(under / "q.onnx")],
+                 ["evaluate", str(tiny_onnx), "--n", "20", "--out", str(under / "e.json")],
+                 ["sweep", str(tiny_onnx), "--out", str(under)],
+                 ["app", str(tiny_onnx), "--out", str(under)],
+                 ["export-ort", str(tiny_onnx), "--out", str(under / "g.ort")]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 1 and f"{blocker} is a file, not a folder" in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+    assert blocker.read_text() == "x"
+
+
+def test_a_weight_shared_along_different_axes_quantizes_per_tensor(tmp_path):
+    """One initializer read by a MatMul (x @ W, channels on axis 1) and a Gemm(transB=1) (channels on axis 0):
+    refused per channel with the reason, quantized per tensor."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ganq.quantize import QuantizeOptions, quantize_model
+
+    w = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["a"]),
+                           helper.make_node("Gemm", ["x", "W"], ["b"], transB=1),
+                           helper.make_node("Add", ["a", "b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(w, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    with pytest.raises(GanqError, match="different channel axes; use --granularity tensor"):
+        quantize_model(m, QuantizeOptions(bits=4, granularity="channel"))
+    q, rep = quantize_model(m, QuantizeOptions(bits=4))
+    assert rep["params_quantized"] == 16
+    assert len(np.unique(numpy_helper.to_array(q.graph.initializer[0]))) <= 16
+    onnx.checker.check_model(q)
+
+
+def test_a_plan_that_keeps_every_weight_float_gives_a_float_copy(tiny_onnx, tmp_path):
+    import json
+
+    from ganq.onnx_io import load_model
+    from ganq.quantize.ops import find_targets
+
+    names = [t.name for t in find_targets(load_model(tiny_onnx))]
+    plan = tmp_path / "p.json"
+    plan.write_text(json.dumps({"tensors": {n: {"bits": 32} for n in names}}))
+    r = CliRunner().invoke(app, ["quantize", str(tiny_onnx), "--bits", "4", "--plan", str(plan), "--out",
+                                 str(tmp_path / "f.onnx"), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["params_quantized"] == 0 and any("every weight at 32 bits" in n for n in rep["notes"])

@@ -105,6 +105,22 @@ def check_out(out, force: bool, inputs=()) -> None:
         raise GanqError(f"{out}: is a folder, not a file to write")
     if out.exists() and not force:
         raise GanqError(f"{out}: exists; add --force to replace it")
+    check_writable_place(out.parent, out)
+
+
+def check_writable_place(folder, what=None) -> None:
+    """Before any work: `folder` (to be made if missing) can hold `what`: no file stands where a folder of its
+    path should be, and the nearest existing folder is writable."""
+    from ganq.errors import GanqError
+
+    what = Path(what if what is not None else folder)
+    p = Path(folder).absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise GanqError(f"{what}: cannot be written: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise GanqError(f"{what}: cannot be written: {p} is not writable")
 
 
 def json_default(o):

@@ -56,6 +56,8 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
         raise GanqError(f"{model}: has external data; the page loads one file (save it without external data)")
     if out.exists() and not out.is_dir():
         raise GanqError(f"{out}: exists and is not a folder")
+    from ganq._io import check_writable_place
+    check_writable_place(out)
     if out.is_dir() and any(out.iterdir()) and not is_app(out):
         raise GanqError(f"{out}: folder exists and is not a ganq app folder; choose another --out")
     src = _ort_source(ort_web)

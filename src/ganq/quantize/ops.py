@@ -253,7 +253,7 @@ def find_targets(model: onnx.ModelProto, include_bias: bool = False, granularity
                     continue  # its output channels have no axis in the initializer: ganq leaves it float
             else:
                 axis, in_axis, x_axis = 0, None, None
-            if name in targets and targets[name].axis != axis:
+            if name in targets and targets[name].axis != axis and granularity == "channel":
                 raise GanqError(f"initializer {name} feeds weight ops along different channel axes; "
                                 "use --granularity tensor")
             targets.setdefault(name, Target(name, node.op_type, role, axis, in_axis, x_axis,

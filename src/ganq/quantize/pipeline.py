@@ -38,7 +38,9 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
                          options.tensor_bits, options.overrides) if options.bits != FLOAT_BITS or \
             options.tensor_bits or options.overrides else Plan(())
     todo = [t for t in plan.tensors if t.quantized]
-    if options.bits != FLOAT_BITS and not todo:
+    if options.bits != FLOAT_BITS and plan.tensors and not todo:
+        notes.append("the plan keeps every weight at 32 bits: the file is a float copy")
+    if options.bits != FLOAT_BITS and not plan.tensors:
         hint = (" (its initializers are graph inputs; drop --keep-overridable to treat them as constants)"
                 if options.keep_overridable else "")
         raise GanqError("model has no quantizable weights (float initializers feeding Conv, ConvTranspose, Gemm or "

@@ -54,6 +54,8 @@ def run_sweep(refs: list[ModelRef], settings: SweepSettings, out: str | Path, fe
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise GanqError(f"{out}: exists and is not a folder")
+    from ganq._io import check_writable_place
+    check_writable_place(out)
     marker = out / "sweep.json"
     fresh = not out.exists() or not any(out.iterdir())
     if not fresh and not is_sweep(out):

@@ -138,6 +138,8 @@ def prepare_out(out: Path, resume: bool, force: bool) -> None:
         return
     if out.exists() and not out.is_dir():
         raise GanqError(f"{out}: exists and is not a folder")
+    from ganq._io import check_writable_place
+    check_writable_place(out)
     if out.is_dir() and any(out.iterdir()) and not force:
         what = "a ganq run; add --resume to continue it" if is_run(out) else "not a ganq run"
         raise GanqError(f"{out}: folder exists and is {what}, or --force to start over there")
