@@ -61,7 +61,7 @@ def test_method_specs():
 @pytest.mark.parametrize("kw,msg", [
     (dict(repeats=0), "--repeats"), (dict(repeats=21), "--repeats"),
     (dict(methods=("minmax", "minmax")), "twice"), (dict(methods=("nope",)), "nope"),
-    (dict(methods=("mse",), method="gptq"), "not both"), (dict(mixed="fid=0.5"), "--target fid"),
+    (dict(methods=("mse",), method="gptq"), "not both"), (dict(mixed="fid=0.5"), "--mixed fid"),
     (dict(mixed="psnr=1.1"), "unknown metric"), (dict(mixed="fid=1.1", proxy_n=5), "--proxy-n"),
     (dict(mixed="fid=1.1", mixed_choices=(3, 3)), "distinct"),
 ])
