@@ -453,3 +453,51 @@ def test_a_plan_that_keeps_every_weight_float_gives_a_float_copy(tiny_onnx, tmp_
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert rep["params_quantized"] == 0 and any("every weight at 32 bits" in n for n in rep["notes"])
+
+
+@pytest.mark.parametrize("entry,msg", [
+    ({"bits": 3, "method": "mse", "method_opts": {"steps": 10.5}}, "steps must be an integer"),
+    ({"bits": 3, "method": "tanh", "method_opts": {"c": [1]}}, "c must be a finite number"),
+    ({"bits": 3, "method": "gptq", "method_opts": {"act_order": 5}}, "act_order must be true or false"),
+    ({"bits": "4"}, "must be an integer from 1 to 16"),
+])
+def test_plan_file_values_are_type_checked(tiny_onnx, tmp_path, entry, msg):
+    import json
+
+    from ganq.onnx_io import load_model
+    from ganq.quantize.ops import find_targets
+
+    name = find_targets(load_model(tiny_onnx))[0].name
+    plan = tmp_path / "p.json"
+    plan.write_text(json.dumps({"tensors": {name: entry}}))
+    r = CliRunner().invoke(app, ["quantize", str(tiny_onnx), "--bits", "4", "--plan", str(plan), "--out",
+                                 str(tmp_path / "q.onnx")])
+    assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_deeply_nested_plan_file_is_one_line(tiny_onnx, tmp_path):
+    plan = tmp_path / "p.json"
+    plan.write_text("[" * 100_000 + "]" * 100_000)
+    r = CliRunner().invoke(app, ["quantize", str(tiny_onnx), "--bits", "4", "--plan", str(plan), "--out",
+                                 str(tmp_path / "q.onnx")])
+    assert r.exit_code == 1 and "not a JSON plan" in r.output, r.output[-500:]
+
+
+@pytest.mark.parametrize("flags", [["--method", "gptq"], ["--recalibrate-bn"]])
+def test_calibration_on_a_spec_that_disagrees_with_its_graph_is_one_line(tiny_onnx, tmp_path, flags):
+    import json
+
+    import onnx
+
+    from ganq.onnx_io import META_SPEC, read_metadata, write_metadata
+
+    m = onnx.load(str(tiny_onnx))
+    spec = json.loads(read_metadata(m)[META_SPEC])
+    write_metadata(m, META_SPEC, json.dumps(dict(spec, latent_dim=7)))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    r = CliRunner().invoke(app, ["quantize", str(bad), "--bits", "4", "--calibration", "16", *flags, "--out",
+                                 str(tmp_path / "q.onnx")])
+    assert r.exit_code == 1 and "spec says latent size 7" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "q.onnx").exists()

@@ -115,6 +115,27 @@ def read_spec(model, source: str = "model") -> GeneratorSpec:
     return GeneratorSpec.from_json(meta[META_SPEC])
 
 
+def check_spec(model, spec: GeneratorSpec, source: str = "model") -> None:
+    """The spec against the graph's signature (an onnx.ModelProto): the latent input exists and is float
+    [N, latent_dim], the image output exists; one GanqError naming `source` otherwise."""
+    import onnx
+
+    inits = {i.name for i in model.graph.initializer}
+    ins = {i.name: i for i in model.graph.input if i.name not in inits}
+    outs = {o.name for o in model.graph.output}
+    if spec.input_name not in ins:
+        raise GanqError(f"{source}: spec names input {spec.input_name!r}, the graph has {', '.join(ins) or 'none'}")
+    tt = ins[spec.input_name].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    if tt.elem_type != onnx.TensorProto.FLOAT:
+        raise GanqError(f"{source}: input {spec.input_name} is not float32 latents")
+    if len(dims) != 2 or dims[1] not in (None, spec.latent_dim):
+        raise GanqError(f"{source}: spec says latent size {spec.latent_dim}, the graph's input {spec.input_name} "
+                        f"has shape {dims}")
+    if spec.output_name not in outs:
+        raise GanqError(f"{source}: spec names output {spec.output_name!r}, the graph has {', '.join(outs)}")
+
+
 def read_quant(model) -> dict | None:
     """The `ganq.quant` record of a quantized model (None for a float one)."""
     text = read_metadata(model).get(META_QUANT)

@@ -84,7 +84,7 @@ def read_plan_file(path: str | Path) -> dict[str, dict]:
         d = json.loads(path.read_text())
     except FileNotFoundError:
         raise GanqError(f"{path}: no such plan file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nesting too deep
         raise GanqError(f"{path}: not a JSON plan ({type(e).__name__})") from None
     tensors = d.get("tensors") if isinstance(d, dict) else None
     if not isinstance(tensors, dict) or not all(isinstance(v, dict) for v in tensors.values()):

@@ -33,12 +33,13 @@ def calibrator(model, options: QuantizeOptions, todo, notes):
     """A Calibrator on the model being quantized when a method needs layer inputs or --recalibrate-bn is on."""
     if not todo or not (options.recalibrate_bn or any(tp.method.calibrated for tp in todo)):
         return None
-    from ganq.onnx_io import read_spec, sample_latents
+    from ganq.onnx_io import check_spec, read_spec, sample_latents
     from ganq.quantize.calibrate import Calibrator
 
     what = "--recalibrate-bn" if options.recalibrate_bn else f"method {options.method}"
     try:
         spec = read_spec(model)
+        check_spec(model, spec)
     except GanqError as e:
         raise GanqError(f"{what} draws calibration latents from the generator's prior, which its spec gives: {e}"
                         ) from None
