@@ -501,3 +501,22 @@ def test_calibration_on_a_spec_that_disagrees_with_its_graph_is_one_line(tiny_on
                                  str(tmp_path / "q.onnx")])
     assert r.exit_code == 1 and "spec says latent size 7" in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("command", [["app"], ["export-ort"]])
+@pytest.mark.parametrize("change", [{"latent_dim": 7}, {"input_name": "noise"}])
+def test_app_and_export_ort_refuse_a_spec_that_disagrees_with_its_graph(tiny_onnx, tmp_path, command, change):
+    import json
+
+    import onnx
+
+    from ganq.onnx_io import META_SPEC, read_metadata, write_metadata
+
+    m = onnx.load(str(tiny_onnx))
+    write_metadata(m, META_SPEC, json.dumps(dict(json.loads(read_metadata(m)[META_SPEC]), **change)))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    out = tmp_path / ("page" if command == ["app"] else "g.ort")
+    r = CliRunner().invoke(app, [*command, str(bad), "--out", str(out)])
+    assert r.exit_code == 1 and f"{bad}: spec" in r.output and "Traceback" not in r.output, r.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]

@@ -47,11 +47,12 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
     import onnx
 
     from ganq.onnx_io import load_model
-    from ganq.onnx_io import META_QUANT, read_metadata, read_spec
+    from ganq.onnx_io import META_QUANT, check_spec, read_metadata, read_spec
 
     model, out = Path(model), Path(out)
     proto = load_model(model)
     spec = read_spec(proto, str(model))
+    check_spec(proto, spec, str(model))
     if any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer):
         raise GanqError(f"{model}: has external data; the page loads one file (save it without external data)")
     if out.exists() and not out.is_dir():

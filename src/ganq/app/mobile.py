@@ -75,7 +75,7 @@ def export_ort(model: str | Path, out: str | Path, optimization: str | None = No
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     from ganq._io import atomic_path
-    from ganq.onnx_io import META_QUANT, load_model, read_metadata, read_spec
+    from ganq.onnx_io import META_QUANT, check_spec, load_model, read_metadata, read_spec
 
     model, out = Path(model), Path(out)
     if optimization is not None and optimization not in LEVELS:
@@ -86,6 +86,7 @@ def export_ort(model: str | Path, out: str | Path, optimization: str | None = No
         raise GanqError(f"{out}: is the input model")
     proto = load_model(model)
     spec = read_spec(proto, str(model))
+    check_spec(proto, spec, str(model))
     quant = json.loads(read_metadata(proto).get(META_QUANT, "null"))
     fmt = quant["format"] if quant else "fp32"
     level = optimization or ("disable" if fmt == "packed" else "basic")
