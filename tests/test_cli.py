@@ -92,8 +92,9 @@ def test_console_script_one_line_error(tmp_path):
 
 def test_deploy_side_never_imports_torch():
     code = ("import sys, ganq.quantize, ganq.quantize.methods, ganq.runtime, ganq.evaluate, ganq.report, ganq.spec, "
-            "ganq.data, ganq.app, ganq.app.mobile, ganq.registry;"
-            "print('torch' in sys.modules)")
+            "ganq.data, ganq.app, ganq.app.mobile, ganq.registry, ganq.onnx_io, ganq.runtime.bench, ganq.study;"
+            "print(any(m.split('.')[0] in ('torch', 'torchvision') or m.startswith(('ganq.train', 'ganq.export'))"
+            " for m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "False"

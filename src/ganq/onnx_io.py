@@ -128,7 +128,8 @@ def check_spec(model, spec: GeneratorSpec, source: str = "model") -> None:
     tt = ins[spec.input_name].type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
     if tt.elem_type != onnx.TensorProto.FLOAT:
-        raise GanqError(f"{source}: input {spec.input_name} is not float32 latents")
+        raise GanqError(f"{source}: input {spec.input_name} is "
+                        f"{onnx.helper.tensor_dtype_to_string(tt.elem_type)}, not float32 latents")
     if len(dims) != 2 or dims[1] not in (None, spec.latent_dim):
         raise GanqError(f"{source}: spec says latent size {spec.latent_dim}, the graph's input {spec.input_name} "
                         f"has shape {dims}")

@@ -53,10 +53,8 @@ def real_images(dataset: str, n: int, split: str = "test", seed: int = 0, data_r
 def data_identity(ds) -> str:
     """Where a split was read from and a digest of its images: two copies of a data set that differ never share a
     cache entry."""
-    from pathlib import Path as _Path
-
     digest = hashlib.sha256(np.ascontiguousarray(ds.images).data).hexdigest()[:16]
-    return f"{_Path(ds.source).resolve()}|{digest}"
+    return f"{Path(ds.source).resolve()}|{digest}"
 
 
 def subset(ds, n: int, seed: int) -> np.ndarray:
@@ -76,6 +74,7 @@ class FeatureCache:
     def __init__(self, folder: str | Path | None):
         from ganq.data import cache_dir
         self.folder = Path(folder) if folder else cache_dir() / "features"
+        self._splits: dict = {}  # (dataset, split, data_root) -> (Dataset, identity): loaded and digested once
 
     def path(self, net: FeatureNet, dataset: str, split: str, n: int, seed: int, identity: str = "") -> Path:
         key = hashlib.sha256(f"{net.sha256}|{dataset}|{split}|{n}|{seed}|{identity}".encode()).hexdigest()[:24]
@@ -85,8 +84,12 @@ class FeatureCache:
         """(the cache file of these real features, the loaded split)."""
         from ganq import data
 
-        ds = data.load(dataset, split, data_root=data_root)
-        return self.path(net, dataset, split, n, seed, data_identity(ds)), ds
+        key = (dataset, split, str(data_root))
+        if key not in self._splits:
+            ds = data.load(dataset, split, data_root=data_root)
+            self._splits[key] = ds, data_identity(ds)
+        ds, identity = self._splits[key]
+        return self.path(net, dataset, split, n, seed, identity), ds
 
     def real(self, net: FeatureNet, dataset: str, split: str, n: int, seed: int, data_root=None, progress=None,
              entry=None):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ganq.errors import GanqError
-from ganq.onnx_io import load_model, read_metadata, read_spec, resolve_model, sample_latents, session
+from ganq.onnx_io import check_spec, load_model, read_metadata, read_spec, resolve_model, sample_latents, session
 from ganq.spec import GeneratorSpec
 
 
@@ -19,22 +19,9 @@ class Generator:
         proto = load_model(self.path, external_data=False)  # the metadata is all this needs; onnxruntime loads
         self.spec: GeneratorSpec = read_spec(proto, str(self.path))
         self.metadata = read_metadata(proto)
+        check_spec(proto, self.spec, str(self.path))
         self.session = session(self.path, provider, threads)
-        ins = {i.name: i for i in self.session.get_inputs()}
-        if self.spec.input_name not in ins:
-            raise GanqError(f"{self.path}: spec names input {self.spec.input_name!r}, the graph has "
-                            f"{', '.join(ins)}")
-        zshape = ins[self.spec.input_name].shape
-        if len(zshape) != 2 or (isinstance(zshape[1], int) and zshape[1] != self.spec.latent_dim):
-            raise GanqError(f"{self.path}: spec says latent size {self.spec.latent_dim}, the graph's input "
-                            f"{self.spec.input_name} has shape {list(zshape)}")
-        if ins[self.spec.input_name].type != "tensor(float)":
-            raise GanqError(f"{self.path}: input {self.spec.input_name} is {ins[self.spec.input_name].type}, "
-                            "not float32 latents")
         outs = {o.name: o for o in self.session.get_outputs()}
-        if self.spec.output_name not in outs:
-            raise GanqError(f"{self.path}: spec names output {self.spec.output_name!r}, the graph has "
-                            f"{', '.join(outs)}")
         shape = outs[self.spec.output_name].shape
         fixed = [d if isinstance(d, int) else None for d in shape]
         if len(shape) != 4 or any(f is not None and f != w for f, w in zip(fixed[1:], self.spec.image_shape)):

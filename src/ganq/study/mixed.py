@@ -34,23 +34,24 @@ SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(B|KB|KIB|MB|MIB|K|M)?\s*$", re.I)
 UNITS = {None: 1, "B": 1, "K": 1024, "KB": 1000, "KIB": 1024, "M": 1024 ** 2, "MB": 1000 ** 2, "MIB": 1024 ** 2}
 
 
-def parse_target(text: str) -> tuple[str, float]:
-    """'fid=1.10' -> ('fid', 1.10): FID at most 1.10 x fp32's; 'precision=0.95': at least 0.95 x fp32's."""
+def parse_target(text: str, flag: str = "--target") -> tuple[str, float]:
+    """'fid=1.10' -> ('fid', 1.10): FID at most 1.10 x fp32's; 'precision=0.95': at least 0.95 x fp32's. flag: the
+    option the text came from, named in the errors."""
     name, sep, value = str(text).partition("=")
     name = name.strip().lower()
     if not sep:
-        raise GanqError(f"--target must be METRIC=RATIO (e.g. fid=1.10, precision=0.95), got {text!r}")
+        raise GanqError(f"{flag} must be METRIC=RATIO (e.g. fid=1.10, precision=0.95), got {text!r}")
     if name not in TARGETS:
-        raise GanqError(f"--target: unknown metric {name!r}; choose one of {', '.join(TARGETS)}")
+        raise GanqError(f"{flag}: unknown metric {name!r}; choose one of {', '.join(TARGETS)}")
     try:
         ratio = float(value)
     except ValueError:
-        raise GanqError(f"--target {text}: RATIO must be a number") from None
+        raise GanqError(f"{flag} {text}: RATIO must be a number") from None
     m = metric(name)
     if m.higher_is_better:
-        check_range(f"--target {name}", ratio, 0.01, 1.0, integer=False)
+        check_range(f"{flag} {name}", ratio, 0.01, 1.0, integer=False)
     else:
-        check_range(f"--target {name}", ratio, 1.0, 100.0, integer=False)
+        check_range(f"{flag} {name}", ratio, 1.0, 100.0, integer=False)
     return name, ratio
 
 
@@ -65,7 +66,8 @@ def parse_size(text: str) -> int:
 
 @dataclass(frozen=True)
 class MixedOptions:
-    """One of target / budget / avg_bits; the candidate widths; the proxy and verification sizes."""
+    """One of target / budget / avg_bits; the candidate widths; the proxy and verification sizes. flags: the options
+    the target and the widths came from, named in the errors (quantize's, or the sweep's --mixed/--mixed-choices)."""
 
     target: str | None = None
     budget: str | None = None
@@ -75,6 +77,7 @@ class MixedOptions:
     verify_n: int = 10000
     max_rounds: int = 3
     seed: int = 0
+    flags: tuple[str, str] = field(default=("--target", "--bits-choices"), compare=False, repr=False)
     metric: str = field(default="fid", init=False)
     ratio: float | None = field(default=None, init=False)
     budget_bytes: int | None = field(default=None, init=False)
@@ -84,16 +87,17 @@ class MixedOptions:
         if sum(given) != 1:
             raise GanqError("mixed precision takes exactly one of --target, --budget and --avg-bits")
         choices = tuple(self.bits_choices)
+        target_flag, choices_flag = self.flags
         if not choices or len(set(choices)) != len(choices):
-            raise GanqError(f"--bits-choices must list distinct widths, got {','.join(map(str, choices))}")
+            raise GanqError(f"{choices_flag} must list distinct widths, got {','.join(map(str, choices))}")
         for b in choices:
-            check_range("--bits-choices", b, 1, 16)
+            check_range(choices_flag, b, 1, 16)
         object.__setattr__(self, "bits_choices", tuple(sorted(choices)))
         check_range("--proxy-n", self.proxy_n, 100, 100_000)
         check_range("--verify-n", self.verify_n, 10, 1_000_000)
         check_range("--max-rounds", self.max_rounds, 0, 20)
         if self.target is not None:
-            name, ratio = parse_target(self.target)
+            name, ratio = parse_target(self.target, target_flag)
             object.__setattr__(self, "metric", name)
             object.__setattr__(self, "ratio", ratio)
         if self.budget is not None:

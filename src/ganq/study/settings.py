@@ -105,12 +105,8 @@ class SweepSettings:
                     m.check_bits(b)
         if self.mixed is not None:
             from ganq.study.mixed import MixedOptions
-            try:
-                MixedOptions(target=self.mixed, bits_choices=self.mixed_choices, proxy_n=self.proxy_n,
-                             verify_n=self.n)
-            except GanqError as e:  # the search names quantize's flags; the sweep's are --mixed, --mixed-choices
-                raise GanqError(str(e).replace("--target", "--mixed").replace("--bits-choices", "--mixed-choices")
-                                ) from None
+            MixedOptions(target=self.mixed, bits_choices=self.mixed_choices, proxy_n=self.proxy_n, verify_n=self.n,
+                         flags=("--mixed", "--mixed-choices"))
 
     def method_list(self) -> list[tuple[str, tuple]]:
         """[(name, options)] in order."""
