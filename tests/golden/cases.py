@@ -47,7 +47,22 @@ def digest(model: str, kw: dict) -> str:
     from ganq.zoo import path as zoo_path
 
     m, _ = quantize_model(load_model(zoo_path(model)), QuantizeOptions(**kw))
+    strip_added_fields(m)
     return hashlib.sha256(m.SerializeToString()).hexdigest()
+
+
+# ganq.quant fields added after the digests were recorded (issue 22: the weight share): left out of the digest, so
+# that the graph, every tensor and every field that existed then stay byte-identical
+ADDED_FIELDS = ("weight_params", "weight_share", "weights_left_float")
+
+
+def strip_added_fields(m) -> None:
+    from ganq.onnx_io import META_QUANT, read_quant, write_metadata
+
+    rec = read_quant(m)
+    if rec is not None and any(k in rec for k in ADDED_FIELDS):
+        write_metadata(m, META_QUANT, json.dumps({k: v for k, v in rec.items() if k not in ADDED_FIELDS},
+                                                 sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -156,27 +156,39 @@ def _render_mixed(r: dict) -> None:
 @app.command("spec")
 @handles_errors
 def spec_cmd(model: Annotated[str, typer.Argument(help="A generator .onnx (or zoo:NAME)")],
-             latent_dim: Annotated[Optional[int], typer.Option(help="Latent size")] = None,
-             latent: Annotated[str, typer.Option(help="normal or uniform")] = "normal",
+             latent_dim: Annotated[Optional[int], typer.Option(help="Latent size (where the graph leaves it open)")] = None,
+             latent: Annotated[str, typer.Option(help="The latent's prior: normal, uniform or truncated")] = "normal",
+             input: Annotated[Optional[list[str]], typer.Option(
+                 "--input", help="NAME=KIND[,key=value...]: an input ganq cannot tell by itself (kinds: latent, "
+                 "label, noise, image, const; e.g. label=label,classes=10  img=image,source=cifar10  "
+                 "psi=const,value=0.7)")] = None,
              output_range: Annotated[str, typer.Option(help="LOW,HIGH of the images")] = "-1,1",
-             input_name: Annotated[Optional[str], typer.Option(help="Latent input (default: the only input)")] = None,
+             output_layout: Annotated[Optional[str], typer.Option(help="NCHW or NHWC (default: from the shape)")] = None,
+             image_size: Annotated[Optional[str], typer.Option(help="HxW of an output whose size is symbolic "
+                                                                    "(default: measured by running it once)")] = None,
+             input_name: Annotated[Optional[str], typer.Option(help="The latent input (default: told by shape)")] = None,
              output_name: Annotated[Optional[str], typer.Option(help="Image output (default: the only output)")] = None,
              dataset: Annotated[str, typer.Option(help="Data set it was trained on")] = "",
              arch: Annotated[str, typer.Option(help="Architecture name")] = "",
+             write: Annotated[bool, typer.Option("--write", help="Write a spec told from the graph alone")] = False,
              out: Annotated[Optional[Path], typer.Option(help="Write here instead of in place")] = None,
              force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
-    """Show a generator's spec; with --latent-dim, write one into a model exported elsewhere."""
+    """Show a generator's spec; with --write (or any describing option), write one into a model exported
+    elsewhere."""
     from ganq.onnx_io import describe, load_model, read_spec, resolve_model
-    from ganq.spec import parse_range
+    from ganq.spec import parse_input_option, parse_range, parse_size
 
     model = resolve_model(model)
-    if latent_dim is None:
+    if not (write or latent_dim is not None or input or output_layout or image_size or input_name):
         spec = read_spec(load_model(model), str(model))
         emit(spec.to_dict(), as_json, lambda d: out_console.print_json(json.dumps(d)))
         return
     lo, hi = parse_range(output_range)
+    given = dict(parse_input_option(t) for t in input or [])
+    size = parse_size(image_size) if image_size else None
     spec = describe(model, out or model, latent_dim=latent_dim, latent=latent, output_range=(lo, hi),
-                    input_name=input_name, output_name=output_name, dataset=dataset, arch=arch, force=force)
+                    input_name=input_name, output_name=output_name, dataset=dataset, arch=arch, force=force,
+                    inputs=given, output_layout=output_layout, image_size=size)
     emit(spec.to_dict(), as_json, lambda d: out_console.print(f"wrote ganq.spec into {out or model}: "
                                                                  f"{json.dumps(d)}", highlight=False))

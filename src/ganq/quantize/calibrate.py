@@ -46,36 +46,48 @@ class LayerStats:
 
 
 class Calibrator:
-    """Runs `model` (its initializers overridden by `weights`) on calibration latents, in batches."""
+    """Runs `model` (its initializers overridden by `weights`) on calibration inputs (`feed`: every input of the
+    spec, n rows each), in batches. A model exported with a fixed batch runs with a symbolic one where its graph
+    allows it, else in batches of its size (onnx_io.batch_mode, said once)."""
 
-    def __init__(self, model: onnx.ModelProto, input_name: str, latents: np.ndarray, threads: int | None = None):
+    def __init__(self, model: onnx.ModelProto, spec, feed: dict[str, np.ndarray], threads: int | None = None):
+        from ganq.onnx_io import batch_mode, fixed_batch
+
         self.model = model
-        self.input_name = input_name
-        self.latents = latents
+        self.spec = spec
+        self.feed = feed
         self.weights: dict[str, np.ndarray] = {}
         self.threads = threads
         self.passes = 0
+        self.fixed = self.symbolic = None
+        b = fixed_batch(model, spec)
+        if b is not None:
+            _, self.fixed = batch_mode(model, spec, "the model")
+            self.symbolic = b if self.fixed is None else None
 
     def _session(self, outputs: list[str]):
-        from ganq.onnx_io import session
+        from ganq.onnx_io import session, symbolic_batch
 
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
         for init in m.graph.initializer:
             if init.name in self.weights:
                 init.CopyFrom(numpy_helper.from_array(self.weights[init.name].astype(np.float32), init.name))
+        if self.symbolic is not None:
+            symbolic_batch(m, self.spec, self.symbolic)
         return session(m, threads=self.threads, outputs=outputs)
 
     def batches(self, outputs: list[str], batch: int):
-        """Yield the requested tensors for each batch of calibration latents."""
+        """Yield the requested tensors for each batch of calibration inputs."""
+        from ganq.onnx_io import run_batched
+
         sess = self._session(outputs)
         self.passes += 1
-        for i in range(0, len(self.latents), batch):
-            yield sess.run(outputs, {self.input_name: self.latents[i:i + batch]})
+        yield from run_batched(sess, outputs, self.spec, self.feed, batch, self.fixed)
 
     def _per_sample(self, name: str) -> tuple[int, ...]:
         (x,) = next(self.batches([name], 1))
-        return x.shape
+        return (1, *x.shape[1:])
 
     def layer_stats(self, node, weight_shape, hessian: bool = True) -> LayerStats:
         """H (when `hessian`; else None) and the mean of the node's input columns over all calibration latents."""

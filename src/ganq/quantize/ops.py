@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -72,11 +73,20 @@ register(OpInfo("Gemm", 1, 2, lambda n, d: 0 if attr(n, "transB", 0) else 1,
                 bias_scale=lambda n: float(attr(n, "beta", 1.0)),
                 fold_ok=lambda n: attr(n, "alpha", 1.0) == 1.0 and attr(n, "beta", 1.0) == 1.0))
 register(OpInfo("MatMul", 1, None, lambda n, d: d - 1, lambda n, d: (d - 2, -1), "matmul", min_weight_rank=2))
+# an embedding table (nn.Embedding): rows looked up by the indices; quantized per row (its `axis`), never calibrated
+register(OpInfo("Gather", 0, None, lambda n, d: int(attr(n, "axis", 0)) % d, lambda n, d: (None, None), "lookup",
+                folds_bn=False, min_weight_rank=2, bias_scale=lambda n: None))
 
 WEIGHT_OPS = tuple(OPS)
 # ops whose output holds the same values as their input, maybe laid out otherwise (a weight seen through them is
 # still that weight: quantized at its initializer, its channel axes mapped back through them)
-VALUE_PRESERVING = ("Identity", "Cast", "Transpose", "Unsqueeze", "Reshape")
+VALUE_PRESERVING = ("Identity", "Cast", "Transpose", "Unsqueeze", "Reshape", "Squeeze")
+# ops that scale a weight on its way to its op (equalized learning rate, modulation and demodulation of StyleGAN's
+# convolutions): the weight is quantized at its initializer, the scaling stays float and runs as before
+SCALING = ("Mul", "Div")
+# parameters that stay float by design (normalisation and activation parameters): counted, never quantized
+FLOAT_BY_DESIGN = ("BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization",
+                   "PRelu")
 # ops that only reshape a tensor: a BatchNormalization after them still sees the weight op's channels
 SHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 
@@ -127,11 +137,11 @@ def _const(graph, name: str, inits: dict):
     return None
 
 
-def _step_back(graph, node, shape_in: list[int], inits: dict):
-    """(output shape, map output axis -> input axis or None) of one value-preserving node on an input of
-    shape_in; None when ganq cannot follow it (a shape computed at run time)."""
-    import numpy as np
-
+def _step_back(graph, node, shape_in: list, inits: dict, via: str = "", ranks: dict | None = None,
+               ranks_shape: dict | None = None):
+    """(output shape, map output axis -> input axis or None) of one value-preserving or scaling node on an input of
+    shape_in (`via`: the input the weight arrives on); None when ganq cannot follow it (a shape computed at run
+    time). ranks / ranks_shape: inferred ranks and shapes of tensors (onnx shape inference), where known."""
     d = len(shape_in)
     if node.op_type in ("Identity", "Cast"):
         return list(shape_in), (lambda a: a)
@@ -158,7 +168,37 @@ def _step_back(graph, node, shape_in: list[int], inits: dict):
                 out.append(shape_in[i])
                 src.append(i)
         return out, (lambda a: src[a])
+    if node.op_type == "Squeeze":
+        axes = attr(node, "axes", None)
+        if axes is None and len(node.input) > 1:
+            c = _const(graph, node.input[1], inits)
+            if c is None:
+                return None
+            axes = [int(v) for v in np.ravel(c)]
+        axes = sorted(a % d for a in axes) if axes is not None else [i for i, v in enumerate(shape_in) if v == 1]
+        src = [i for i in range(d) if i not in axes]
+        return [shape_in[i] for i in src], (lambda a: src[a])
+    if node.op_type in SCALING:  # broadcast: axes align from the right
+        other = node.input[1] if node.input[0] == via else node.input[0]
+        rank = ranks.get(node.output[0]) if ranks else None
+        c = _const(graph, other, inits)
+        if rank is None and c is not None:
+            rank = max(d, c.ndim)
+        if rank is None:
+            return None
+        out = ranks_shape.get(node.output[0]) if ranks_shape else None
+        if out is None and c is not None:
+            try:
+                out = list(np.broadcast_shapes(tuple(shape_in), c.shape))
+            except ValueError:
+                return None
+        if out is None:
+            out = [None] * (rank - d) + list(shape_in)
+        lead = rank - d
+        return list(out), (lambda a: a - lead if a - lead >= 0 else None)
     if node.op_type == "Reshape":
+        if any(v is None for v in shape_in):
+            return None
         c = _const(graph, node.input[1], inits)
         if c is None:
             return None
@@ -181,36 +221,85 @@ def _step_back(graph, node, shape_in: list[int], inits: dict):
     return None
 
 
-def source_initializer(graph, name: str, inits: dict, producers: dict | None = None):
-    """(initializer name, map consumer-side axis -> initializer axis) for tensor `name` when it holds an
-    initializer's values through value-preserving ops; None otherwise. The map gives None for an axis that has no
-    counterpart in the initializer."""
+def inferred_shapes(model) -> tuple[dict, dict]:
+    """(tensor -> rank, tensor -> dims with None for symbolic) from onnx shape inference (empty where it fails)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # shape inference raises InferenceError and C++ errors on unusual graphs
+        return {}, {}
+    ranks, shapes = {}, {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            ranks[vi.name] = len(dims)
+            shapes[vi.name] = dims
+    return ranks, shapes
+
+
+def source_initializer(graph, name: str, inits: dict, producers: dict | None = None, shapes=None):
+    """(initializer name, map consumer-side axis -> initializer axis, the consumer-side rank, how: "direct",
+    "through" value-preserving ops, or "scaled" by Mul/Div) for tensor `name` when it holds an initializer's values
+    through value-preserving ops, or those values scaled; None otherwise. The map gives None for an axis ganq cannot
+    follow back (no counterpart in the initializer, or a shape computed at run time)."""
     producers = producers if producers is not None else {o: n for n in graph.node for o in n.output}
-    chain = []
+    ranks, dims = shapes if shapes is not None else ({}, {})
+    chain = []  # (node, the input the weight arrives on)
     seen = set()
+    start = name
     while name not in inits:
         node = producers.get(name)
-        if node is None or node.op_type not in VALUE_PRESERVING or name in seen or not node.input:
+        if node is None or name in seen or not node.input:
             return None
         seen.add(name)
-        chain.append(node)
-        name = node.input[0]
+        if node.op_type in VALUE_PRESERVING:
+            via = node.input[0]
+        elif node.op_type in SCALING:
+            via = None
+            for cand in (node.input[:2] if node.op_type == "Mul" else node.input[:1]):
+                found = source_initializer(graph, cand, inits, producers, shapes)
+                if found is not None and len(inits[found[0]].dims) >= 2:
+                    via = cand
+                    break
+            if via is None:
+                return None
+        else:
+            return None
+        chain.append((node, via))
+        name = via
     shape = list(inits[name].dims)
     maps = []
-    for node in reversed(chain):
-        step = _step_back(graph, node, shape, inits)
+    lost = False
+    for node, via in reversed(chain):
+        step = _step_back(graph, node, shape, inits, via, ranks, dims) if not lost else None
         if step is None:
-            return None
+            lost = True
+            shape = dims.get(node.output[0], shape)
+            continue
         shape, back = step
         maps.append(back)
+    how = "direct" if not chain else ("scaled" if any(n.op_type in SCALING for n, _ in chain) else "through")
 
     def to_source(a):
+        if lost:
+            return None
         for back in reversed(maps):
             if a is None:
                 return None
             a = back(a)
         return a
-    return name, to_source, len(shape)
+    rank = ranks.get(start, len(shape)) if chain else len(shape)
+    return name, to_source, rank, how
+
+
+def fallback_axis(info: "OpInfo", node, dims: list[int]) -> int:
+    """The output-channel axis of an initializer whose way to its op ganq cannot follow axis by axis (a modulated
+    weight, reshaped at run time): the op's own convention where the initializer has the op's rank, else its first
+    axis longer than 1 (StyleGAN's [1, O, I, k, k])."""
+    rank = {"Conv": 4, "ConvTranspose": 4, "Gemm": 2}.get(node.op_type)
+    if rank is not None and len(dims) == rank:
+        return info.out_axis(node, rank)
+    return next((i for i, d in enumerate(dims) if d > 1), 0)
 
 
 def weight_nodes(graph):
@@ -221,44 +310,83 @@ def weight_nodes(graph):
 
 
 def find_targets(model: onnx.ModelProto, include_bias: bool = False, granularity: str = "tensor") -> list[Target]:
-    """Float32 initializers feeding the weight input (and, with include_bias, the bias input) of weight ops."""
+    """Float32 initializers feeding the weight input (and, with include_bias, the bias input) of weight ops:
+    directly, through value-preserving ops, or scaled on the way (SCALING)."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     overridable = {i.name for i in graph.input}  # an initializer that is also a graph input may be fed at run time
     targets: dict[str, Target] = {}
     counts = uses(graph)
     producers = {o: n for n in graph.node for o in n.output}
+    direct_only = all(n.input[i] in inits for n, info in weight_nodes(graph) for i in [info.weight]
+                      if len(n.input) > i)
+    shapes = ({}, {}) if direct_only else inferred_shapes(model)
     for node, info in weight_nodes(graph):
         slots = [(info.weight, "weight")] + ([(info.bias, "bias")] if include_bias and info.bias is not None else [])
         for idx, role in slots:
             if len(node.input) <= idx:
                 continue
-            found = source_initializer(graph, node.input[idx], inits, producers)
+            found = source_initializer(graph, node.input[idx], inits, producers, shapes)
             if found is None or found[0] in overridable:
                 continue
-            name, to_source, ndim = found  # ndim: the rank the consumer sees
+            name, to_source, ndim, how = found  # ndim: the rank the consumer sees
             init = inits[name]
             if init.data_type != TensorProto.FLOAT or len(init.dims) == 0:
                 continue
             if role == "weight":
-                if ndim < info.min_weight_rank:
+                if ndim < info.min_weight_rank or (how == "scaled" and len(init.dims) < 2):
                     continue
-                if node.op_type == "ConvTranspose" and info.grouped(node) != 1 and granularity == "channel":
+                if node.op_type == "ConvTranspose" and info.grouped(node) != 1 and granularity == "channel" \
+                        and how == "direct":
                     raise GanqError(f"{node.name or init.name}: grouped ConvTranspose (group={info.grouped(node)}) "
                                     "is not supported per channel; use --granularity tensor")
                 axis = to_source(info.out_axis(node, ndim))
                 in_axis, x_axis = info.in_axes(node, ndim)
-                in_axis = to_source(in_axis % ndim)
+                in_axis = to_source(in_axis % ndim) if in_axis is not None else None
+                if node.op_type == "Gather" and axis is not None and init.dims[axis] == 1:
+                    axis = fallback_axis(info, node, list(init.dims))  # weight[0]: one slice taken, not rows
                 if axis is None:
-                    continue  # its output channels have no axis in the initializer: ganq leaves it float
+                    if how == "through":
+                        continue  # its output channels have no axis in the initializer: ganq leaves it float
+                    axis, in_axis = fallback_axis(info, node, list(init.dims)), None
             else:
                 axis, in_axis, x_axis = 0, None, None
-            if name in targets and targets[name].axis != axis and granularity == "channel":
-                raise GanqError(f"initializer {name} feeds weight ops along different channel axes; "
-                                "use --granularity tensor")
+            if name in targets and targets[name].axis != axis:
+                if granularity == "channel":
+                    raise GanqError(f"initializer {name} feeds weight ops along different channel axes; "
+                                    "use --granularity tensor")
+                continue
             targets.setdefault(name, Target(name, node.op_type, role, axis, in_axis, x_axis,
                                             info.grouped(node), counts.get(name, 1), name == node.input[idx]))
     return list(targets.values())
+
+
+def weight_params(model: onnx.ModelProto) -> dict[str, int]:
+    """The weight parameters of a float model, name -> size: every float initializer of rank >= 2 that a weight op's
+    weight input is computed from (through any ops), except what normalisation and activation ops read
+    (FLOAT_BY_DESIGN). The denominator of the report's weight share; a learned constant input (StyleGAN's) is an
+    activation, not a weight, and is not counted."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    by_design = {i for n in graph.node if n.op_type in FLOAT_BY_DESIGN for i in n.input}
+    seen, out = set(), {}
+    stack = [n.input[info.weight] for n, info in weight_nodes(graph) if len(n.input) > info.weight
+             and (n.op_type != "Gather" or source_initializer(graph, n.input[0], inits, producers) is not None)]
+    while stack:
+        t = stack.pop()
+        if t in seen or not t:
+            continue
+        seen.add(t)
+        if t in inits:
+            i = inits[t]
+            if i.data_type == TensorProto.FLOAT and len(i.dims) >= 2 and t not in by_design:
+                out[t] = int(np.prod(i.dims, dtype=np.int64))
+            continue
+        node = producers.get(t)
+        if node is not None:
+            stack.extend(node.input)
+    return out
 
 
 def count_weights(model: onnx.ModelProto) -> int:
@@ -302,6 +430,7 @@ def opset(model: onnx.ModelProto) -> int:
     raise GanqError("model imports no default ONNX opset")
 
 
-__all__ = ["OPS", "OpInfo", "Target", "WEIGHT_OPS", "VALUE_PRESERVING", "SHAPE_OPS", "attr", "count_weights",
+__all__ = ["OPS", "OpInfo", "Target", "WEIGHT_OPS", "VALUE_PRESERVING", "SCALING", "FLOAT_BY_DESIGN", "SHAPE_OPS",
+           "attr", "count_weights", "weight_params", "inferred_shapes", "fallback_axis",
            "find_targets", "following_batchnorm", "opset", "set_bias_input", "source_initializer", "uses",
            "weight_nodes", "consumers"]

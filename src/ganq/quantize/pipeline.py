@@ -20,6 +20,7 @@ import onnx
 from ganq.errors import GanqError
 from ganq.onnx_io import load_model, save_model
 from ganq.quantize.edit import GraphEdit
+from ganq.quantize.ops import weight_params
 from ganq.quantize.options import QuantizeOptions
 from ganq.quantize.plan import FLOAT_BITS, Plan, make_plan
 from ganq.quantize.prepare import check_opset, prepare
@@ -46,10 +47,11 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         raise GanqError("model has no quantizable weights (float initializers feeding Conv, ConvTranspose, Gemm or "
                         f"MatMul){hint}")
     check_opset(v, options, todo)
+    weights = weight_params(model)
     edit = GraphEdit(model.graph)
     rows, calib, seconds = solve_and_emit(model, options, todo, v, edit, notes)
     edit.commit()
-    report = record(model, options, plan, rows, edit, folded, v, calib, notes)
+    report = record(model, options, plan, rows, edit, folded, v, calib, notes, weights)
     report = dict(report, seconds={k: round(t, 3) for k, t in seconds.items()})
     return model, report
 

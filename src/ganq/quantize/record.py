@@ -16,7 +16,17 @@ def _param_count(model: onnx.ModelProto) -> int:
                if i.data_type == onnx.TensorProto.FLOAT)
 
 
-def record(model, options, plan, rows, edit, folded: int, v: int, calib, notes) -> dict:
+def coverage(weights: dict[str, int], rows) -> dict:
+    """The share of the weight parameters (quantize.ops.weight_params of the float model) quantized, and the largest
+    weights left float."""
+    done = {r["tensor"] for r in rows if r["role"] == "weight"}
+    total = sum(weights.values())
+    left = sorted(((n, s) for n, s in weights.items() if n not in done), key=lambda x: -x[1])
+    return {"weight_params": total, "weight_share": (sum(s for n, s in weights.items() if n in done) / total)
+            if total else None, "weights_left_float": [n for n, _ in left[:8]]}
+
+
+def record(model, options, plan, rows, edit, folded: int, v: int, calib, notes, weights=None) -> dict:
     """The report (without timings), written into model's metadata; the model checked by onnx.checker."""
     graph = model.graph
     total = _param_count(model) if options.format == "fake" else None
@@ -34,6 +44,8 @@ def record(model, options, plan, rows, edit, folded: int, v: int, calib, notes) 
               "bytes_fp32": 4 * all_params,
               "bytes_ideal": 4 * other + sum(r["bytes_ideal"] for r in rows),
               "tensors": rows}
+    if weights is not None:
+        report.update(coverage(weights, rows))
     if options.method_opts:
         report["method_opts"] = options.method_config.options()
     if plan.mixed or any(r["bits"] != options.bits for r in rows):

@@ -33,7 +33,7 @@ def calibrator(model, options: QuantizeOptions, todo, notes):
     """A Calibrator on the model being quantized when a method needs layer inputs or --recalibrate-bn is on."""
     if not todo or not (options.recalibrate_bn or any(tp.method.calibrated for tp in todo)):
         return None
-    from ganq.onnx_io import check_spec, read_spec, sample_latents
+    from ganq.onnx_io import check_spec, read_spec, sample_inputs
     from ganq.quantize.calibrate import Calibrator
 
     what = "--recalibrate-bn" if options.recalibrate_bn else f"method {options.method}"
@@ -43,8 +43,8 @@ def calibrator(model, options: QuantizeOptions, todo, notes):
     except GanqError as e:
         raise GanqError(f"{what} draws calibration latents from the generator's prior, which its spec gives: {e}"
                         ) from None
-    z = sample_latents(spec, options.calibration, options.calibration_seed, calibration=True)
-    return Calibrator(model, spec.input_name, z)
+    feed = sample_inputs(spec, options.calibration, options.calibration_seed, calibration=True)
+    return Calibrator(model, spec, feed)
 
 
 def _layer_inputs(graph, t, x, method, options, calib, notes):

@@ -7,55 +7,65 @@ from pathlib import Path
 import numpy as np
 
 from ganq.errors import GanqError
-from ganq.onnx_io import check_spec, load_model, read_metadata, read_spec, resolve_model, sample_latents, session
+from ganq.onnx_io import (batch_mode, check_spec, fixed_batch, load_model, read_metadata, read_spec, resolve_model,
+                          run_batched, sample_inputs, sample_latents, session, slice_feed)
 from ganq.spec import GeneratorSpec
 
 
 class Generator:
-    """A generator .onnx with its spec; generate() gives uint8 NHWC images."""
+    """A generator .onnx with its spec; generate() gives uint8 NHWC images from inputs drawn from the spec."""
 
-    def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None):
+    def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None, data_root=None):
         self.path = resolve_model(model)
+        self.data_root = data_root
         proto = load_model(self.path, external_data=False)  # the metadata is all this needs; onnxruntime loads
         self.spec: GeneratorSpec = read_spec(proto, str(self.path))
         self.metadata = read_metadata(proto)
         check_spec(proto, self.spec, str(self.path))
-        self.session = session(self.path, provider, threads)
-        outs = {o.name: o for o in self.session.get_outputs()}
-        shape = outs[self.spec.output_name].shape
-        fixed = [d if isinstance(d, int) else None for d in shape]
-        if len(shape) != 4 or any(f is not None and f != w for f, w in zip(fixed[1:], self.spec.image_shape)):
-            raise GanqError(f"{self.path}: output {self.spec.output_name} has shape {list(shape)}, not an image "
-                            f"batch [N, {', '.join(map(str, self.spec.image_shape))}]")
+        self.fixed = None
+        self.source = self.path  # what sessions are built from: the file, or its symbolic-batch copy
+        if fixed_batch(proto, self.spec) is not None:
+            self.source, self.fixed = batch_mode(load_model(self.path), self.spec, str(self.path))
+        self.session = session(self.source, provider, threads)
 
     def latents(self, n: int, seed: int) -> np.ndarray:
         """float32 [n, latent_dim] from a seeded generator: the same seed gives every bit width the same latents."""
         return sample_latents(self.spec, n, seed)
 
-    def run(self, z: np.ndarray) -> np.ndarray:
-        """float32 [N, C, H, W] in the spec's output range."""
-        return self.session.run([self.spec.output_name], {self.spec.input_name: z})[0]
+    def inputs(self, n: int, seed: int, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The feed of n calls, every input drawn from the spec (labels: the label input's values, if given)."""
+        return sample_inputs(self.spec, n, seed, data_root=self.data_root, labels=labels)
 
-    def generate(self, n: int, seed: int = 0, batch: int = 500, progress=None) -> np.ndarray:
-        """uint8 [n, H, W, C] images from n seeded latents, in batches."""
+    def run(self, feed, batch: int = 500) -> np.ndarray:
+        """float32 images in the spec's output range and layout, for a feed (or the latents of a one-latent
+        generator), in batches (of the graph's fixed batch where it has one)."""
+        if not isinstance(feed, dict):
+            feed = {self.spec.input_name: feed}
+        parts = [o for (o,) in run_batched(self.session, [self.spec.output_name], self.spec, feed, batch, self.fixed)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def generate(self, n: int, seed: int = 0, batch: int = 500, progress=None,
+                 labels: np.ndarray | None = None) -> np.ndarray:
+        """uint8 [n, H, W, C] images from n seeded inputs, in batches."""
         if n < 1:
             raise GanqError(f"n must be at least 1, got {n}")
         if batch < 1:
             raise GanqError(f"batch must be at least 1, got {batch}")
-        z = self.latents(n, seed)
+        feed = self.inputs(n, seed, labels)
         out = np.empty((n, self.spec.height, self.spec.width, self.spec.channels), np.uint8)
         for i in range(0, n, batch):
-            out[i:i + batch] = to_uint8(self.run(z[i:i + batch]), self.spec.output_range)
+            part = slice_feed(self.spec, feed, i, i + batch)
+            out[i:i + batch] = to_uint8(self.run(part, batch), self.spec.output_range, self.spec.output_layout)
             if progress:
                 progress(min(batch, n - i))
         return out
 
 
-def to_uint8(x: np.ndarray, output_range=(-1.0, 1.0)) -> np.ndarray:
-    """float [N, C, H, W] in output_range -> uint8 [N, H, W, C], as an image file would hold it."""
+def to_uint8(x: np.ndarray, output_range=(-1.0, 1.0), layout: str = "NCHW") -> np.ndarray:
+    """float [N, C, H, W] (or NHWC) in output_range -> uint8 [N, H, W, C], as an image file would hold it."""
     lo, hi = output_range
     u = np.clip(np.rint((x - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(u.transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(u if layout == "NHWC" else u.transpose(0, 2, 3, 1))
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
