@@ -111,3 +111,61 @@ def test_page_matches_python_onnxruntime(models, kind, tmp_path):
     assert not [m for m in got["logs"] if "error" in m.lower()], got["logs"]
     if kind == "packed3":
         assert (tmp_path / "shot.png").stat().st_size > 10_000
+
+
+def _feeds_in_browser(folder: Path, feed: dict, tmp_path: Path) -> dict:
+    """Run the page on every input given (runFeeds) and return what app-check.mjs writes."""
+    httpd, url = serve(folder)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        n = len(next(v for v in feed.values() if v.ndim))
+        enc = {k: {"type": str(v.dtype), "dims": list(v.shape), "data": v.ravel().tolist()} for k, v in feed.items()}
+        (tmp_path / "f.json").write_text(json.dumps({"n": n, "feeds": enc}))
+        r = subprocess.run(["node", str(REPO / "web" / "app-check.mjs"), url, str(tmp_path / "f.json"),
+                            str(tmp_path / "o.json")], capture_output=True, text=True, timeout=180,
+                           env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads((tmp_path / "o.json").read_text())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("family", ["cgan", "esrgan-ps", "stylegan2"])
+def test_page_runs_conditional_image_to_image_and_fixed_batch_generators(family, tmp_path):
+    """A class picker for the conditional generator, an image upload for the super-resolution one, a fixed batch of
+    1 run in batches (StyleGAN2's Reshapes bake it in); the page's pixels equal onnxruntime's on the same inputs."""
+    why = _browser_missing()
+    if why:
+        pytest.skip(why)
+    pytest.importorskip("torch", reason="the families are built in torch")
+    import warnings
+
+    from fixtures.families import export, spec_args
+
+    from ganq.onnx_io import describe, fixed_batch, load_model, probe_inputs, read_spec, run
+    from ganq.spec import parse_input_option
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src = export(family, tmp_path / "g.onnx", fixed_batch=1 if family == "stylegan2" else None)
+    describe(src, src, dataset="fashion-mnist" if family == "cgan" else "",
+             inputs=dict(parse_input_option(a) for a in spec_args(family)[1::2]))
+    q = tmp_path / "q.onnx"
+    quantize_file(src, q, QuantizeOptions(bits=4, format="int", granularity="channel"))
+    build_app(q, tmp_path / "app", ort_web=ORT_WEB)
+    m = load_model(q)
+    spec = read_spec(m)
+    fb = fixed_batch(m, spec)
+    feed = probe_inputs(spec, 3)
+    want = np.concatenate([run(m, {k: v[i:i + 1] for k, v in feed.items()}, [spec.output_name])[0]
+                           for i in range(3)]) if fb else run(m, feed, [spec.output_name])[0]
+    got = _feeds_in_browser(tmp_path / "app", feed, tmp_path)
+    image = np.asarray(got["image"], np.float32).reshape(want.shape)
+    assert np.abs(image - want).max() <= 1e-5
+    c = got["controls"]
+    if family == "cgan":
+        assert c["classes"][0] == "random" and c["classes"][1] == "0: T-shirt/top" and len(c["classes"]) == 11
+    assert c["upload"] == (family == "esrgan-ps") and c["interpolation"] == (family != "esrgan-ps")
+    assert not [x for x in got["logs"] if "error" in x.lower()], got["logs"]

@@ -1,11 +1,12 @@
 // Drive a ganq app page in headless chromium (Debian's, via puppeteer-core; no browser download):
 //   node app-check.mjs URL LATENTS.json OUT.json [SCREENSHOT.png]
-// LATENTS.json: {"n": N, "z": [...]}; OUT.json gets the page's output for those latents and its timings.
+// LATENTS.json: {"n": N, "z": [...]} (the first latent) or {"n": N, "feeds": {name: {type, dims, data}}} (every
+// input); OUT.json gets the page's output for them, its timings and what its controls show.
 import fs from "node:fs";
 import puppeteer from "puppeteer-core";
 
 const [url, latentsPath, outPath, shot] = process.argv.slice(2);
-const { n, z } = JSON.parse(fs.readFileSync(latentsPath, "utf8"));
+const { n, z, feeds } = JSON.parse(fs.readFileSync(latentsPath, "utf8"));
 const browser = await puppeteer.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
@@ -22,9 +23,14 @@ try {
   await page.goto(url, { waitUntil: "load" });
   const timings = await page.evaluate(() => window.ganq.ready);
   const wall = Date.now() - t0;
-  const image = await page.evaluate(async (z, n) => Array.from(await window.ganq.generate(z, n)), z, n);
+  const image = await page.evaluate(async (z, n, feeds) => Array.from(
+    feeds ? await window.ganq.runFeeds(feeds, n) : await window.ganq.generate(z, n)), z, n, feeds);
+  const controls = await page.evaluate(() => ({
+    classes: Array.from(document.querySelectorAll("#label option")).map((o) => o.textContent),
+    upload: !document.getElementById("upload-row").hidden,
+    interpolation: !document.getElementById("interp-row").hidden }));
   if (shot) await page.screenshot({ path: shot, fullPage: true });
-  fs.writeFileSync(outPath, JSON.stringify({ timings, page_to_ready_ms: wall, image, logs }));
+  fs.writeFileSync(outPath, JSON.stringify({ timings, page_to_ready_ms: wall, image, controls, logs }));
 } finally {
   await browser.close();
 }

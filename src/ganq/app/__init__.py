@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from ganq.errors import GanqError
 
 ORT_WEB_VERSION = "1.30.0"  # the version the page loads from the CDN, and web/package.json pins for the tests
@@ -42,19 +44,60 @@ def _ort_source(ort_web: str | Path | None) -> Path | None:
                     "or its dist/)")
 
 
+SAMPLES = 8  # sample input images an image-to-image page ships
+
+
+def class_names(spec) -> list[str] | None:
+    """The names of a conditional generator's classes, from its data set (None when ganq does not know them)."""
+    if not spec.inputs_of("label") or not spec.dataset:
+        return None
+    from ganq import data
+
+    try:
+        names = list(data.get_entry(spec.dataset).classes or [])
+    except GanqError:
+        return None
+    return names if len(names) == spec.inputs_of("label")[0].classes else None
+
+
+def sample_strip(spec):
+    """A PIL image of SAMPLES input images side by side (at the image input's size) from its source's test split,
+    or None (no image input, a random source, or the data not here)."""
+    inputs = spec.inputs_of("image")
+    if not inputs or inputs[0].source == "random":
+        return None
+    from PIL import Image
+
+    from ganq.data.resize import resize_images
+    from ganq.onnx_io import source_images
+
+    inp = inputs[0]
+    try:
+        pool = source_images(inp.source, "test")
+    except GanqError:
+        return None
+    c, h, w = inp.image_hw
+    u8 = resize_images(pool[:SAMPLES], h, w, 3)
+    return Image.fromarray(np.concatenate(list(u8), axis=1), "RGB")
+
+
 def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = None, title: str | None = None) -> dict:
     """Write the app folder `out` for generator `model`; returns what app.json holds."""
     import onnx
 
-    from ganq.onnx_io import load_model
-    from ganq.onnx_io import META_QUANT, check_spec, read_metadata, read_spec
+    from ganq.onnx_io import META_QUANT, batch_mode, check_spec, load_model, read_metadata, read_spec
 
     model, out = Path(model), Path(out)
     proto = load_model(model)
     spec = read_spec(proto, str(model))
     check_spec(proto, spec, str(model))
-    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer):
-        raise GanqError(f"{model}: has external data; the page loads one file (save it without external data)")
+    external = any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer)
+    if external:  # load_model read it: the page's one file carries it inline
+        for i in proto.graph.initializer:
+            if i.data_location == onnx.TensorProto.EXTERNAL:
+                i.data_location = onnx.TensorProto.DEFAULT
+                del i.external_data[:]
+    run_model, fixed = batch_mode(proto, spec, str(model))
     if out.exists() and not out.is_dir():
         raise GanqError(f"{out}: exists and is not a folder")
     from ganq._io import check_writable_place
@@ -68,13 +111,22 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
             "quant": None if quant is None else {k: quant.get(k) for k in ("bits", "method", "granularity", "format",
                                                                            "avg_bits", "mixed")},
             "title": title or f"{spec.arch or 'generator'} on {spec.dataset or 'its data'}",
+            "fixed_batch": fixed, "class_names": class_names(spec),
             "ort": {"version": ORT_WEB_VERSION, "local": src is not None,
                     "module": "./ort/ort.wasm.min.mjs" if src else CDN + "ort.wasm.min.mjs",
                     "wasmPaths": "./ort/" if src else CDN}}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        shutil.copyfile(model, tmp / "model.onnx")
+        if run_model is proto and not external:
+            shutil.copyfile(model, tmp / "model.onnx")
+        else:  # external data inlined, or the batch made symbolic
+            (tmp / "model.onnx").write_bytes(run_model.SerializeToString())
+        strip = sample_strip(spec)
+        if strip is not None:
+            strip.save(tmp / "inputs.png")
+            info.update({"samples": "inputs.png", "samples_n": strip.width // spec.inputs_of("image")[0].image_hw[2]})
+        info["bytes"] = (tmp / "model.onnx").stat().st_size
         for f in ("index.html", "app.js"):
             shutil.copyfile(STATIC / f, tmp / f)
         if src is not None:

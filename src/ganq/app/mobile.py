@@ -75,7 +75,7 @@ def export_ort(model: str | Path, out: str | Path, optimization: str | None = No
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     from ganq._io import atomic_path
-    from ganq.onnx_io import META_QUANT, check_spec, load_model, read_metadata, read_spec
+    from ganq.onnx_io import META_QUANT, check_spec, fixed_batch, load_model, probe_inputs, read_metadata, read_spec
 
     model, out = Path(model), Path(out)
     if optimization is not None and optimization not in LEVELS:
@@ -126,17 +126,16 @@ def export_ort(model: str | Path, out: str | Path, optimization: str | None = No
         if len(made) != 1 or len(cfgs) != 1:
             raise GanqError(f"onnxruntime's ORT converter wrote no .ort file for {model} ({quiet.getvalue()[-200:]})")
         # the .ort file must load and compute what the .onnx file computes at the same level
-        z = (np.random.default_rng(0).standard_normal((n, spec.latent_dim)) if spec.latent == "normal"
-             else np.random.default_rng(0).uniform(-1, 1, (n, spec.latent_dim))).astype(np.float32)
+        feed = probe_inputs(spec, fixed_batch(proto, spec) or n)
         try:
             t0 = time.perf_counter()
             sess = _session(made[0], None)
             load_ms = (time.perf_counter() - t0) * 1e3
-            got = sess.run(None, {spec.input_name: z})[0]
+            got = sess.run(None, feed)[0]
         except Exception as e:
             raise GanqError(f"the converted .ort file does not load in onnxruntime "
                             f"({str(e).strip().splitlines()[0][:200]}); nothing written") from None
-        want = _session(src, level).run(None, {spec.input_name: z})[0]
+        want = _session(src, level).run(None, feed)[0]
         diff = float(np.max(np.abs(got - want)))
         if not diff <= 1e-5:
             raise GanqError(f"the .ort file's outputs differ from the .onnx file's by {diff:.3g}; nothing written")

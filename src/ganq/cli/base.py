@@ -96,6 +96,12 @@ def metric_rows():
     return [(m.name, m.label) for m in METRICS.values()]
 
 
+def extra_metrics():
+    from ganq.evaluate.catalogue import EXTRA_METRICS
+
+    return list(EXTRA_METRICS.items())
+
+
 def one_of(names) -> str:
     """'a, b or c' from a registry's names (help texts list what the registries hold)."""
     names = list(names)

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ganq.cli.base import (DataRoot, app, emit, err_console, handles_errors, metric_rows, out_console, providers_help,
-                           table)
+from ganq.cli.base import (DataRoot, app, emit, err_console, extra_metrics, handles_errors, metric_rows, out_console,
+                           providers_help, table)
 
 
 @app.command()
@@ -29,6 +29,10 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
              provider: Annotated[str, typer.Option(help=providers_help())] = "cpu",
              threads: Annotated[Optional[int], typer.Option(help="onnxruntime threads")] = None,
              data_root: DataRoot = None,
+             reference: Annotated[Optional[str], typer.Option(
+                 help="The fp32 generator a quantized file came from: PSNR and SSIM to it on the same inputs")] = None,
+             per_class: Annotated[bool, typer.Option("--per-class", help="Intra-class FID of a conditional "
+                                                     "generator")] = False,
              out: Annotated[Optional[Path], typer.Option(help="Also write the JSON here")] = None,
              force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
@@ -47,7 +51,7 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
             return lambda m: bar.advance(task, m)
 
         r = run_eval(model, dataset, features, opts, data_root=data_root, cache=cache, provider=provider,
-                     threads=threads, progress=stage)
+                     threads=threads, progress=stage, reference=reference, per_class=per_class)
     if out is not None:
         from ganq._io import write_text_atomic
         write_text_atomic(out, json.dumps(r, indent=1) + "\n")
@@ -58,8 +62,13 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
                 for key, label in metric_rows()]
         if r["inception_score_real"] is not None:
             rows.append(["IS of the real images", f"{r['inception_score_real']:.4f}"])
-        out_console.print(table(f"{r['model']} vs {r['dataset']} ({n} + {n}, {Path(r['features']).name})",
-                                 ["metric", "value"], rows))
+        rows += [[m.label, m.fmt.format(r[key])] for key, m in extra_metrics() if r.get(key) is not None]
+        resize = r.get("resize")
+        how = f", resized {resize['from']} -> {resize['to']} ({resize['filter']})" if resize else ""
+        against = (f"{r['dataset']} ({n} + {n}, {Path(r['features']).name}{how})" if r["dataset"] else
+                   f"its fp32 reference {r['reference']} ({n} inputs)")
+        out_console.print(table(f"{r['model']} vs {against}", ["metric", "value"],
+                                [row for row in rows if row[1] != "-"] if not r["dataset"] else rows))
     emit(r, as_json, render)
 
 

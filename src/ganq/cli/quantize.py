@@ -36,6 +36,10 @@ def _render_quant(r: dict) -> None:
         out_console.print(f"calibration: {cal['latents']:,} latents (seed {cal['seed']}), {cal['forward_passes']} "
                           f"forward passes, {sec.get('calibrate', 0):.1f} s calibrating + {sec.get('solve', 0):.1f} s "
                           f"solving{fixed}", highlight=False)
+    if r.get("weight_share") is not None:
+        left = r.get("weights_left_float") or []
+        out_console.print(f"weights quantized: {100 * r['weight_share']:.1f}% of {r['weight_params']:,} weight "
+                          f"parameters" + (f" (left float: {', '.join(left)})" if left else ""), highlight=False)
     out_console.print(f"wrote {r['out']} ({r['bytes_file'] / r['bytes_fp32']:.3f} of fp32)", highlight=False)
 
 

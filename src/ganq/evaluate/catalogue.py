@@ -29,13 +29,23 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("coverage", "coverage", "coverage", True, "{:.3f}"),
 )}
 
+# the metrics of particular generators, reported beside the distribution metrics above (not columns of the study's
+# tables): fidelity of a quantized generator to its fp32 reference on the same inputs, and conditional quality
+EXTRA_METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("psnr_fp32", "PSNR to fp32 (dB)", "PSNR", True, "{:.2f}"),
+    Metric("ssim_fp32", "SSIM to fp32", "SSIM", True, "{:.4f}"),
+    Metric("intra_fid", "intra-class FID (mean over classes)", "intra-FID", False, "{:.2f}"),
+)}
+
 TARGETS = ("fid", "kid", "precision", "recall", "density", "coverage")  # what --target may name
 
 
 def metric(name: str) -> Metric:
+    if name in EXTRA_METRICS:
+        return EXTRA_METRICS[name]
     if name not in METRICS:
         raise GanqError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
     return METRICS[name]
 
 
-__all__ = ["METRICS", "Metric", "TARGETS", "metric"]
+__all__ = ["METRICS", "EXTRA_METRICS", "Metric", "TARGETS", "metric"]

@@ -39,6 +39,14 @@ class FeatureNet:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.info["image_shape"])
 
+    def resize_note(self, shape) -> dict | None:
+        """How images of shape (C, H, W) reach this network (None: as they are)."""
+        from ganq.data.resize import FILTER
+
+        if tuple(shape) == self.image_shape:
+            return None
+        return {"from": "x".join(map(str, shape)), "to": "x".join(map(str, self.image_shape)), "filter": FILTER}
+
     def check_graph(self) -> None:
         """The input must take [N, C, H, W] of the declared image shape."""
         dims = self.session.get_inputs()[0].shape
@@ -52,14 +60,17 @@ class FeatureNet:
         features float32 [N, D])."""
         from ganq.runtime import to_float
 
+        from ganq.data.resize import resize_images
+
         c, h, w = self.image_shape
-        if images.ndim != 4 or images.shape[1:] != (h, w, c):
-            raise GanqError(f"feature network {self.path.name} takes {h}x{w}x{c} images, got "
-                            f"{'x'.join(map(str, images.shape[1:]))}")
+        if images.ndim != 4 or images.shape[-1] not in (1, 3):
+            raise GanqError(f"feature network {self.path.name} takes images [N, H, W, 1 or 3], got "
+                            f"{list(images.shape)}")
         names = ["features"] + (["logits"] if self.has_logits else [])
         logits, feats = [], []
-        for i in range(0, len(images), batch):
-            res = self.session.run(names, {self.input: to_float(images[i:i + batch])})
+        for i in range(0, len(images), batch):  # other sizes and channel counts: resized (resize_note says how)
+            part = resize_images(images[i:i + batch], h, w, c)
+            res = self.session.run(names, {self.input: to_float(part)})
             feats.append(res[0])
             if self.has_logits:
                 logits.append(res[1])

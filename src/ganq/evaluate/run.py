@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -43,8 +44,11 @@ def score(fake_logits, fake_feats, real_logits, real_feats, opts: EvalOptions, r
 
 def evaluate(model: str | Path, dataset: str | None = None, features: str | Path | None = None,
              opts: EvalOptions | None = None, data_root=None, cache: str | Path | None = None,
-             provider: str = "cpu", threads: int | None = None, progress=None) -> dict:
-    """Generate opts.n images from `model`, compare with opts.n real images of `dataset` on `features`.
+             provider: str = "cpu", threads: int | None = None, progress=None, reference: str | Path | None = None,
+             per_class: bool = False) -> dict:
+    """Generate opts.n images from `model`, compare with opts.n real images of `dataset` on `features` (images of
+    another size or channel count resized, the filter reported). reference: the fp32 generator it came from, for
+    PSNR / SSIM to it on the same inputs; per_class: intra-class FID of a conditional generator.
 
     progress: called as progress(stage, total) when each stage starts (real features, generate, fake features,
     metrics); it returns a callable that is called with the units done as they are done."""
@@ -52,15 +56,21 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
 
     opts = opts or EvalOptions()
     t0 = time.perf_counter()
-    g = Generator(model, provider, threads)
+    g = Generator(model, provider, threads, data_root=data_root)
+    ref = Generator(reference, provider, threads, data_root=data_root) if reference is not None else None
+    if ref is not None:
+        check_reference(g, ref, model, reference)
+    if per_class and not g.spec.inputs_of("label"):
+        raise GanqError(f"{model}: --per-class needs a conditional generator (a label input); its spec has none")
     dataset = dataset or g.spec.dataset
+    if not dataset and ref is not None and g.spec.family == "image-to-image":
+        return fidelity_only(g, ref, opts, progress, t0)
     if not dataset:
-        raise GanqError(f"{model}: its spec names no data set; give --dataset")
+        more = (" (or, for an image-to-image generator, --reference for its fidelity to fp32 alone)"
+                if g.spec.family == "image-to-image" else "")
+        raise GanqError(f"{model}: its spec names no data set; give --dataset{more}")
     net = FeatureNet(resolve_features(features, dataset, g.spec.image_shape), provider, threads)
-    c, h, w = net.image_shape
-    if g.spec.image_shape != (c, h, w):
-        raise GanqError(f"{model} makes {'x'.join(map(str, g.spec.image_shape))} images; the feature network "
-                        f"takes {c}x{h}x{w}")
+
     def stage(name, total):
         return progress(name, total) if progress else None
 
@@ -72,7 +82,17 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
                                       None if cached else tick, entry)
     if cached and tick:
         tick(1)
-    out, _ = measure(g, net, (real_logits, real_feats), opts, progress=progress)
+    out, fake = measure(g, net, (real_logits, real_feats), opts, progress=progress)
+    if ref is not None:
+        from ganq.evaluate.fidelity import fidelity
+
+        want = ref.generate(opts.n, opts.seed, opts.batch, stage("fp32 reference", opts.n))
+        out.update(fidelity(fake, want))
+        out["reference"] = str(ref.path)
+    if per_class:
+        out.update(intra_class(g, net, dataset, opts, data_root, stage))
+    out["resize"] = net.resize_note(g.spec.image_shape)
+    out["family"] = g.spec.family
     import json as _json
     quant = g.metadata.get("ganq.quant")
     out.update({"model": str(g.path), "dataset": dataset, "features": str(net.path),
@@ -100,6 +120,65 @@ def measure(g, net: FeatureNet, real, opts: EvalOptions, real_sq_radii=None, pro
     out.update({"n_fake": int(len(fake_feats)), "feature_dim": int(fake_feats.shape[1]),
                 "class_histogram": fake_classes.tolist()})
     return out, fake
+
+
+def fidelity_only(g, ref, opts: EvalOptions, progress, t0) -> dict:
+    """PSNR / SSIM of an image-to-image generator to its fp32 reference, with no target images to compare to."""
+    from ganq.evaluate.catalogue import METRICS
+    from ganq.evaluate.fidelity import fidelity
+
+    def stage(name, total):
+        return progress(name, total) if progress else None
+    got = g.generate(opts.n, opts.seed, opts.batch, stage("generate", opts.n))
+    want = ref.generate(opts.n, opts.seed, opts.batch, stage("fp32 reference", opts.n))
+    quant = g.metadata.get("ganq.quant")
+    out = {m: None for m in METRICS}
+    out.update({"inception_score_std": None, "inception_score_real": None, **fidelity(got, want),
+                "model": str(g.path), "reference": str(ref.path), "dataset": None, "features": None,
+                "family": g.spec.family, "n_fake": opts.n, "n_real": 0, "options": asdict(opts),
+                "quantization": json.loads(quant) if quant else None,
+                "seconds": round(time.perf_counter() - t0, 2)})
+    return out
+
+
+def check_reference(g, ref, model, reference) -> None:
+    """The reference must be a float generator with the same inputs and output as the quantized one."""
+    if ref.metadata.get("ganq.quant"):
+        raise GanqError(f"--reference {reference}: is a quantized file; give the fp32 generator it came from")
+    if ref.spec.all_inputs != g.spec.all_inputs or ref.spec.image_shape != g.spec.image_shape:
+        raise GanqError(f"--reference {reference}: its spec's inputs or image shape differ from {model}'s; it is "
+                        "not the generator this file came from")
+
+
+def intra_class(g, net: FeatureNet, dataset: str, opts: EvalOptions, data_root, stage) -> dict:
+    """FID per class of a conditional generator: the images of label c against the real images of class c (the
+    generator's label c is taken as the data set's class c), as many of each as the real split holds of the class
+    and at most opts.n / classes; the mean over classes is the intra-class FID."""
+    from ganq import data
+
+    (lab,) = g.spec.inputs_of("label")
+    ds = data.load(dataset, opts.real_split, data_root=data_root)
+    classes = lab.classes
+    per = opts.n // classes
+    if per < 10:
+        raise GanqError(f"--per-class needs --n of at least {10 * classes} ({classes} classes x 10 images)")
+    tick = stage("per-class FID", classes)
+    fids = []
+    for c in range(classes):
+        have = np.flatnonzero(ds.labels == c)
+        if len(have) < 10:
+            raise GanqError(f"{dataset} {opts.real_split} holds {len(have)} images of class {c}; the generator has "
+                            f"{classes} classes")
+        m = min(per, len(have))
+        real = ds.images[np.sort(np.random.default_rng(opts.seed + c).choice(have, m, replace=False))]
+        fake = g.generate(m, opts.seed + 1000 + c, opts.batch, labels=np.full(m, c))
+        _, rf = net(real, opts.batch)
+        _, ff = net(fake, opts.batch)
+        fids.append(metrics.fid(ff, rf))
+        if tick:
+            tick(1)
+    return {"intra_fid": float(np.mean(fids)), "fid_per_class": [float(f) for f in fids],
+            "n_per_class": int(per)}
 
 
 def load_features(path: str | Path, what: str) -> np.ndarray:

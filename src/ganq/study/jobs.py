@@ -214,10 +214,7 @@ def plan_jobs(refs: list[ModelRef], settings: SweepSettings, features: str | Non
         net_ref = resolve_features(features, ref.dataset, g.spec.image_shape)
         if net_ref not in nets:
             nets[net_ref] = FeatureNet(net_ref)
-        net = nets[net_ref]
-        if g.spec.image_shape != net.image_shape:
-            raise GanqError(f"{ref.model} makes {'x'.join(map(str, g.spec.image_shape))} images but {ref.dataset}'s "
-                            f"feature network takes {'x'.join(map(str, net.image_shape))}")
+        net = nets[net_ref]  # images of another shape are resized by the feature network (its resize_note)
         prefix = (f"{ref.name}-{ref.dataset}-{{key}}-{net.sha256[:12]}-"
                   f"{hashlib.sha256(Path(ref.model).read_bytes()).hexdigest()[:12]}")
         if FLOAT_BITS in settings.bits:
