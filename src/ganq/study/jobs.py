@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from ganq._io import json_default as _json_default, write_bytes_atomic, write_text_atomic
-from ganq.errors import GanqError
 from ganq.evaluate import FeatureCache, FeatureNet, resolve_features
 from ganq.quantize import FLOAT_BITS, QuantizeOptions, quantize_file
 from ganq.runtime import Generator
