@@ -520,3 +520,146 @@ def test_app_and_export_ort_refuse_a_spec_that_disagrees_with_its_graph(tiny_onn
     r = CliRunner().invoke(app, [*command, str(bad), "--out", str(out)])
     assert r.exit_code == 1 and f"{bad}: spec" in r.output and "Traceback" not in r.output, r.output
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+# --- issue 27, third round: bounded metrics, signals reaching workers, stale temps, data roots, full disks ---------
+
+def test_fid_with_more_dimensions_than_samples_is_exact_without_the_d_by_d_matrices():
+    from ganq.evaluate import metrics
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((25, 90)), rng.standard_normal((30, 90)) * 1.2 + 0.3
+    full = metrics.fid_from_stats(metrics.gaussian_stats(a), metrics.gaussian_stats(b))
+    assert metrics.fid(a, b) == pytest.approx(full, rel=1e-6)
+    wide = rng.standard_normal((20, 30_000)).astype(np.float32)  # 30,000-D: a D x D matrix would be 6.7 GiB
+    assert metrics.fid(wide, wide) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_metrics_beyond_the_memory_bound_refuse_in_one_line(monkeypatch):
+    from ganq.evaluate import metrics
+
+    monkeypatch.setattr(metrics, "MATRIX_BOUND", 8 * 100 * 100)
+    x = np.random.default_rng(1).standard_normal((200, 150))
+    with pytest.raises(GanqError, match="more than the 0 GiB bound|GiB matrix, more than"):
+        metrics.fid(x, x)
+
+
+def test_sigterm_stops_every_sweep_worker(tiny_onnx, tiny_classifier, toy_data_root, tmp_path):
+    """SIGTERM to `ganq sweep --workers 2` while both workers solve (each waits at its first weight: no timing):
+    ganq exits 143 with the one line, and no worker outlives it."""
+    import os
+    import signal
+    import subprocess
+
+    out = tmp_path / "sweep"
+    p = _ganq("sweep", f"{tiny_onnx}@mnist", "--out", out, "--bits", "4,3", "--n", "60", "--no-speed", "--workers",
+              "2", "--features", tiny_classifier[0], "--data-root", toy_data_root, cwd=tmp_path,
+              env={**os.environ, "GANQ_TEST_PAUSE_AT": "work"})
+    try:
+        assert _wait_for(lambda: p.poll() is not None or len(subprocess.run(
+            ["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()) >= 2, 120)
+        assert _wait_for(lambda: "paused at work" in "".join(_read_ready(p)), 120)
+        children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 143
+    assert _wait_for(lambda: not any(os.path.exists(f"/proc/{c}") and
+                                     "zombie" not in open(f"/proc/{c}/status").read().lower() for c in children), 20)
+
+
+_BUFFERS: dict = {}
+
+
+def _read_ready(p):
+    """What p has written to stderr so far, without blocking."""
+    import os
+    import select
+
+    buf = _BUFFERS.setdefault(p.pid, [])
+    while select.select([p.stderr], [], [], 0)[0]:
+        chunk = os.read(p.stderr.fileno(), 4096).decode(errors="replace")
+        if not chunk:
+            break
+        buf.append(chunk)
+    return buf
+
+
+def test_the_temporary_folder_of_an_interrupted_app_is_removed_by_the_next_run(tiny_onnx, tmp_path):
+    from ganq.app import build_app
+
+    stale = tmp_path / ".page.999999999.abcd.tmp"  # a pid that cannot be alive
+    (stale / "ort").mkdir(parents=True)
+    (stale / "model.onnx").write_bytes(b"partial")
+    live = tmp_path / f".page.{__import__('os').getpid()}.efgh.tmp"  # a running writer's: left alone
+    live.mkdir()
+    build_app(tiny_onnx, tmp_path / "page")
+    assert not stale.exists() and live.exists() and (tmp_path / "page" / "model.onnx").exists()
+
+
+def test_a_data_root_with_one_split_serves_that_split_and_names_the_missing_one(tmp_path):
+    import shutil
+
+    from ganq import data
+
+    root = tmp_path / "root" / "FashionMNIST" / "raw"
+    root.mkdir(parents=True)
+    for f in (data.EMBEDDED_ROOT / "fashion-mnist").glob("t10k-*"):
+        shutil.copy(f, root / f.name)
+    ds = data.load("fashion-mnist", "test", data_root=tmp_path / "root")
+    assert ds.source == str(root) and len(ds.images) == 10_000
+    with pytest.raises(GanqError, match=r"holds only its test split .*put its train split there too"):
+        data.load("fashion-mnist", "train", data_root=tmp_path / "root")
+
+
+def test_a_full_disk_is_one_line(capfd):
+    import errno
+
+    import typer
+
+    from ganq.cli.base import handles_errors
+
+    @handles_errors
+    def write():
+        raise OSError(errno.ENOSPC, "No space left on device", "/full/m.onnx")
+
+    with pytest.raises(typer.Exit) as e:
+        write()
+    assert e.value.exit_code == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: /full/m.onnx: no space left on the device")
+
+
+def test_a_scheduler_that_accepts_and_never_answers_fails_in_one_line(monkeypatch):
+    import socket
+
+    pytest.importorskip("distributed")
+    from ganq.study import executors
+
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT", 3.0)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    try:
+        with pytest.raises(GanqError, match="accepts connections but does not answer|cannot reach"):
+            executors.connect(f"tcp://127.0.0.1:{srv.getsockname()[1]}")
+    finally:
+        srv.close()
+
+
+def test_mixed_search_errors_name_the_given_model(tiny_onnx, tmp_path):
+    import json
+
+    import onnx
+
+    from ganq.onnx_io import META_SPEC, read_metadata, write_metadata
+
+    m = onnx.load(str(tiny_onnx))
+    spec = json.loads(read_metadata(m)[META_SPEC])
+    write_metadata(m, META_SPEC, json.dumps({**spec, "latent_dim": 7}))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    r = CliRunner().invoke(app, ["quantize", str(bad), "--target", "fid=1.5", "--out", str(tmp_path / "o.onnx")])
+    assert r.exit_code == 1 and str(bad) in r.output and "ganq-mixed" not in r.output
+    assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "o.onnx.plan.json").exists()

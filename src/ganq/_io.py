@@ -66,14 +66,19 @@ def _alive(pid: int) -> bool:
 
 
 def clean_stale(target: Path) -> int:
-    """Remove temp files of ours for `target` (.NAME.PID.XXXX.tmp) whose writing process is gone (killed mid-write);
-    returns how many."""
+    """Remove temp files (and folders: the app's) of ours for `target` (.NAME.PID.XXXX.tmp) whose writing process is
+    gone (killed mid-write); returns how many."""
+    import shutil
+
     n = 0
-    for p in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
-        parts = p.name[len(target.name) + 2:].split(".")
+    for p in Path(target).parent.glob(f".{glob_escape(Path(target).name)}.*.tmp"):
+        parts = p.name[len(Path(target).name) + 2:].split(".")
         if len(parts) >= 3 and parts[0].isdigit() and not _alive(int(parts[0])):
             with contextlib.suppress(OSError):
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 n += 1
     return n
 

@@ -11,12 +11,17 @@ MESSAGE = "error: interrupted; files already written are complete"
 
 
 class Interrupted(BaseException):
-    """Ctrl-C once ganq has started: a BaseException of ganq's own, so that click's parser (which turns a
-    KeyboardInterrupt into 'Aborted!') lets it through to ganq's one line."""
+    """Ctrl-C (or SIGTERM) once ganq has started: a BaseException of ganq's own, so that click's parser (which turns
+    a KeyboardInterrupt into 'Aborted!') lets it through to ganq's one line. code: the exit status (130 for SIGINT,
+    143 for SIGTERM, as a shell reports them)."""
+
+    def __init__(self, code: int = 130):
+        super().__init__(code)
+        self.code = code
 
 
 def _raise_interrupted(signum, frame):
-    raise Interrupted()
+    raise Interrupted(128 + signum)
 
 
 def main():
@@ -26,9 +31,11 @@ def main():
 
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with SIGINT ignored
             signal.signal(signal.SIGINT, _raise_interrupted)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # SIGTERM unwinds too: workers stopped, temps removed
+            signal.signal(signal.SIGTERM, _raise_interrupted)
         test_point("parse")
         app()
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, Interrupted) as e:
         sys.stderr.write(MESSAGE + "\n")
         sys.stderr.flush()
-        sys.exit(130)
+        sys.exit(getattr(e, "code", 130))

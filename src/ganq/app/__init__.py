@@ -10,6 +10,7 @@ isolation (COOP: same-origin, COEP: require-corp), without them onnxruntime-web 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -116,7 +117,9 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
                     "module": "./ort/ort.wasm.min.mjs" if src else CDN + "ort.wasm.min.mjs",
                     "wasmPaths": "./ort/" if src else CDN}}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    from ganq._io import clean_stale
+    clean_stale(out)  # the temporary folder of an interrupted earlier run (its process gone)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         if run_model is proto and not external:
             shutil.copyfile(model, tmp / "model.onnx")

@@ -36,8 +36,16 @@ def handles_errors(fn):
             return fn(*args, **kwargs)
         except GanqError as e:
             fail(str(e).replace("\n", " "))
-        except (KeyboardInterrupt, Interrupted):
-            fail(MESSAGE.removeprefix("error: "), 130)
+        except (KeyboardInterrupt, Interrupted) as e:
+            fail(MESSAGE.removeprefix("error: "), getattr(e, "code", 130))
+        except OSError as e:
+            import errno
+
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = e.filename or "a file"
+            fail(f"{where}: no space left on the device; free some and run again (ganq writes under temporary "
+                 "names: no file is left half-written)")
     return wrapper
 
 

@@ -166,6 +166,11 @@ class Entry:
     torchvision: str | None = None
     classes: tuple[str, ...] = ()
     embedded: Callable[[Path], Path | None] | None = None  # finds the test split shipped in the package
+    one_split: Callable[[Path, str], Path | None] | None = None  # finds a folder holding one split alone
+
+
+def _idx_one_split(subdirs: tuple[str, ...]) -> Callable[[Path, str], Path | None]:
+    return lambda root, split: _idx_locate(subdirs, (split,))(root)
 
 
 _DIGITS = tuple(str(i) for i in range(10))
@@ -180,12 +185,14 @@ def register(entry: Entry) -> None:
 
 register(Entry("mnist", "MNIST handwritten digits, 60k train + 10k test", (1, 28, 28),
                _idx_locate(("MNIST/raw", "mnist", "MNIST", "")), _idx_load,
-               "put the four IDX files in <root>/MNIST/raw/ or run with --download", "MNIST", _DIGITS))
+               "put the four IDX files in <root>/MNIST/raw/ or run with --download", "MNIST", _DIGITS,
+               one_split=_idx_one_split(("MNIST/raw", "mnist", "MNIST", ""))))
 register(Entry("fashion-mnist", "Fashion-MNIST clothes, 60k train + 10k test", (1, 28, 28),
                _idx_locate(("FashionMNIST/raw", "fashion-mnist", "FashionMNIST", "")), _idx_load,
                "`apt-get install dataset-fashion-mnist`, put the IDX files in <root>/FashionMNIST/raw/, "
                "or run with --download", "FashionMNIST", _FASHION,
-               embedded=_idx_locate(("fashion-mnist",), ("test",))))
+               embedded=_idx_locate(("fashion-mnist",), ("test",)),
+               one_split=_idx_one_split(("FashionMNIST/raw", "fashion-mnist", "FashionMNIST", ""))))
 register(Entry("cifar10", "CIFAR-10 (python batches), 50k train + 10k test", (3, 32, 32),
                _cifar_locate, _cifar_load,
                "extract cifar-10-python.tar.gz into <root>/ (giving cifar-10-batches-py/) or run with --download",
@@ -212,6 +219,15 @@ def locate(name: str, data_root=None, split: str = "train") -> tuple[Path | None
         found = entry.locate(root)
         if found is not None:
             return found, looked
+        if entry.one_split is not None:
+            alone = entry.one_split(root, split)
+            if alone is not None:  # the split asked for, without the other: enough to read it
+                return alone, looked
+            other = "test" if split == "train" else "train"
+            if label == "--data-root" and entry.one_split(root, other) is not None:
+                raise GanqError(f"{name}: --data-root {root} holds only its {other} split "
+                                f"({entry.one_split(root, other)}); put its {split} split there too, or leave "
+                                "--data-root out")
     if split == "test" and entry.embedded is not None:
         looked.append(f"{EMBEDDED_ROOT} (embedded test split)")
         found = entry.embedded(EMBEDDED_ROOT)

@@ -129,8 +129,29 @@ def fid_from_stats(stats_fake, stats_real) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
+MATRIX_BOUND = 2 * 2 ** 30  # bytes of the largest float64 matrix a metric may build (FID's D x D or N1 x N2)
+
+
 def fid(fake: np.ndarray, real: np.ndarray) -> float:
-    return fid_from_stats(gaussian_stats(fake), gaussian_stats(real))
+    """FID of two feature sets. With more feature dimensions than samples the D x D covariances are never built:
+    S = A^T A with A the centred samples / sqrt(N - 1), so tr S = ||A||_F^2 and tr sqrt(S1 S2) is the nuclear norm
+    of A1 A2^T (N1 x N2): the same number, within memory O(N1 N2 + N D). Either way the largest matrix must fit
+    MATRIX_BOUND, else one GanqError says so."""
+    fake, real = _as2d(fake, "fake"), _as2d(real, "real")
+    (n1, d), n2 = fake.shape, len(real)
+    low_rank = d > max(n1, n2)
+    need = 8 * (n1 * n2 if low_rank else d * d)
+    if need > MATRIX_BOUND:
+        raise GanqError(f"FID of {n1} x {d} and {n2} x {d} features needs a {need / 2 ** 30:.1f} GiB matrix, more "
+                        f"than the {MATRIX_BOUND / 2 ** 30:.0f} GiB bound; use fewer samples or narrower features")
+    if not low_rank:
+        return fid_from_stats(gaussian_stats(fake), gaussian_stats(real))
+    mu1, mu2 = fake.mean(axis=0), real.mean(axis=0)
+    a = (fake - mu1) / np.sqrt(max(n1 - 1, 1))
+    b = (real - mu2) / np.sqrt(max(n2 - 1, 1))
+    nuclear = float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
+    diff = mu1 - mu2
+    return float(diff @ diff + np.einsum("ij,ij->", a, a) + np.einsum("ij,ij->", b, b) - 2.0 * nuclear)
 
 
 def _mmd2_unbiased(k_xx, k_xy, k_yy) -> float:

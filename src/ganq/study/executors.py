@@ -31,14 +31,34 @@ class Execution:
             raise GanqError(f"--scheduler must be an address like tcp://HOST:8786, got {self.scheduler!r}")
 
 
+CONNECT_TIMEOUT = 15.0  # seconds for the whole handshake with a Dask scheduler
+
+
 def connect(scheduler: str):
     """A Dask client for tcp://HOST:PORT, or one line saying why not."""
     try:
         from distributed import Client
     except ImportError:
         raise GanqError("--scheduler needs Dask's distributed: pip install 'ganq[cluster]'") from None
+    import threading
+
+    box: dict = {}
+
+    def start():  # in a thread of its own: a listener that accepts and never answers cannot hold the sweep
+        try:
+            box["client"] = Client(scheduler, timeout="10s", set_as_default=False)
+        except BaseException as e:  # handed to the caller below
+            box["error"] = e
+    t = threading.Thread(target=start, daemon=True)
+    t.start()
+    t.join(CONNECT_TIMEOUT)
+    if t.is_alive():
+        raise GanqError(f"the Dask scheduler at {scheduler} accepts connections but does not answer within "
+                        f"{CONNECT_TIMEOUT:.0f} s; is it a Dask scheduler?")
     try:
-        return Client(scheduler, timeout="10s", set_as_default=False)
+        if "error" in box:
+            raise box["error"]
+        return box["client"]
     except (OSError, TimeoutError, ValueError) as e:
         raise GanqError(f"cannot reach the Dask scheduler at {scheduler} ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:120] if str(e) else 'no answer'}); start one with "
@@ -120,12 +140,19 @@ def _run(jobs, nets, refs, settings, out, data_root, progress, fresh, marker, wo
         from concurrent.futures import ProcessPoolExecutor, as_completed as done_futures
 
         ctx = Context(settings, str(out), data_root, max(1, (os.cpu_count() or 1) // workers))
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        try:
             futs = {pool.submit(run_job, j, ctx): j for j in jobs}
             done = {}
             for i, fut in enumerate(done_futures(futs), 1):
                 done[futs[fut]] = fut.result()
                 tick(i, len(jobs), _label(futs[fut]))
+        except BaseException:  # Ctrl-C, SIGTERM or a failed job: the workers stop now, not after their cells
+            for p in list((getattr(pool, "_processes", None) or {}).values()):
+                p.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         results = [done[j] for j in jobs]
     else:
         ctx = Context(settings, str(out), data_root, None)

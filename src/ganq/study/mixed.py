@@ -144,6 +144,21 @@ def _meets(name: str, value: float, fp32: float, ratio: float) -> bool:
     return value >= ratio * fp32 if m.higher_is_better else value <= ratio * fp32
 
 
+class _naming:
+    """Errors about the search's temporary files name the user's model instead."""
+
+    def __init__(self, tmp: Path, src):
+        self.tmp, self.src = tmp, src
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if isinstance(err, GanqError) and str(self.tmp) in str(err):
+            raise GanqError(re.sub(re.escape(str(self.tmp)) + r"/[^\s:]+", str(self.src), str(err))) from None
+        return False
+
+
 def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, features=None, data_root=None,
                    progress=None, cache=None, compare_uniform: bool = True, threads: int | None = None) -> dict:
     """Quantize src into out with per-tensor bits chosen by `mixed` (options: method, granularity, format, ...).
@@ -161,6 +176,8 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
     tick = progress or (lambda what, done=1: None)
     evaluate = partial(_evaluate, cache=cache, threads=threads)
     model = load_model(src)
+    from ganq.onnx_io import check_spec, read_spec
+    check_spec(model, read_spec(model, str(src)), str(src))  # before any layer is quantized, naming the user's file
     base = make_plan(model, mixed.bits_choices[0], options.method_config, options.granularity, options.include_bias)
     layers = [t for t in base.tensors if t.target.role == "weight"]
     if not layers:
@@ -174,7 +191,7 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
         return Plan(tuple(TensorPlan(t.target, bits_by_name.get(t.target.name, FLOAT_BITS), t.method, t.granularity)
                           for t in base.tensors if t.target.role == "weight"))
 
-    with tempfile.TemporaryDirectory(prefix="ganq-mixed-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ganq-mixed-") as tmp, _naming(Path(tmp), src):
         tmp = Path(tmp)
 
         def build(bits_by_name, name):
@@ -285,9 +302,9 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
 
         chosen = rounds[-1]["bits"]
         plan_file = plan_path(out)
-        with atomic_path(plan_file) as dst:
-            dst.write_text(plan_of(chosen).to_json() + "\n")
-        with atomic_path(out) as dst:
+        # both written under temporary names first: a failure in either (a full disk) leaves neither
+        with atomic_path(plan_file) as pdst, atomic_path(out) as dst:
+            pdst.write_text(plan_of(chosen).to_json() + "\n")
             dst.write_bytes((tmp / "mixed.onnx").read_bytes())
     for r in table:
         r["chosen_bits"] = chosen[r["tensor"]]
