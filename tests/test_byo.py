@@ -245,3 +245,28 @@ def test_label_input_without_an_embedding_table_needs_its_classes(tmp_path):
         describe(tmp_path / "c.onnx", tmp_path / "c.onnx")
     spec = describe(tmp_path / "c.onnx", tmp_path / "c.onnx", inputs={"label": {"kind": "label", "classes": 5}})
     assert spec.inputs_of("label")[0].classes == 5 and spec.family == "conditional"
+
+
+def test_external_data_is_kept_by_spec_and_carried_into_every_file_ganq_writes(tmp_path_factory, tmp_path):
+    import onnx
+
+    from ganq.app import build_app
+    from ganq.app.mobile import export_ort
+    from ganq.quantize import QuantizeOptions, quantize_file
+
+    src = built(tmp_path_factory, "cgan", "ext")
+    data = src.with_name(src.name + ".data")
+    raw = onnx.load(str(src), load_external_data=False)
+    assert data.stat().st_size > 100_000 and any(  # `ganq spec --write` left the weights where they were
+        i.data_location == onnx.TensorProto.EXTERNAL for i in raw.graph.initializer)
+    q = tmp_path / "q.onnx"
+    quantize_file(src, q, QuantizeOptions(bits=4, format="int", granularity="channel"))
+    page = build_app(src, tmp_path / "app")
+    ort_file = export_ort(src, tmp_path / "g.ort")
+    for f in (q, tmp_path / "app" / "model.onnx"):
+        m = onnx.load(str(f), load_external_data=False)
+        assert not any(i.data_location == onnx.TensorProto.EXTERNAL for i in m.graph.initializer), f
+    assert page["bytes"] > data.stat().st_size and ort_file["bytes_ort"] > data.stat().st_size
+    feed, spec = _feed(src)
+    assert np.abs(run(load_model(tmp_path / "app" / "model.onnx"), feed, [spec.output_name])[0]
+                  - run(load_model(src), feed, [spec.output_name])[0]).max() == 0

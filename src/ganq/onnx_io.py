@@ -304,7 +304,7 @@ def describe(src, dst, *, latent_dim: int | None = None, latent: str = "normal",
 
     if Path(dst).resolve() != Path(src).resolve():
         check_out(dst, force, [src])
-    model = load_model(src)
+    model = load_model(src, external_data=False)  # external data stays where it is (read only to run the model)
     outputs = list(model.graph.output)
     if output_name is None:
         if len(outputs) != 1:
@@ -335,7 +335,7 @@ def describe(src, dst, *, latent_dim: int | None = None, latent: str = "normal",
         probe = GeneratorSpec(latent_dim=1, channels=1, height=1, width=1, inputs=items, input_name="x")
         feed = probe_inputs(probe, fixed_batch(model, probe) or 1)
         try:
-            (y,) = run(model, feed, [img.name])
+            (y,) = run(load_model(src), feed, [img.name])
         except GanqError as e:
             raise GanqError(f"output {img.name} has symbolic dimensions {idims} and running the model once to "
                             f"measure them failed ({e}); give --image-size HxW") from None
@@ -352,9 +352,17 @@ def describe(src, dst, *, latent_dim: int | None = None, latent: str = "normal",
                          arch=arch, input_name=lat.name if lat else items[0].name, output_name=img.name,
                          inputs=() if legacy else items, output_layout=layout)
     check_spec(model, spec, str(src))
+    if _has_external(model) and Path(dst).resolve().parent != Path(src).resolve().parent:
+        model = load_model(src)  # another folder: the data goes inline, its references would not resolve there
     write_metadata(model, META_SPEC, spec.to_json())
     save_model(model, dst)
     return spec
+
+
+def _has_external(model) -> bool:
+    import onnx
+
+    return any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
 
 
 # --- onnxruntime ------------------------------------------------------------------------------------------------

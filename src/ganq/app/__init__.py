@@ -92,12 +92,9 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
     proto = load_model(model)
     spec = read_spec(proto, str(model))
     check_spec(proto, spec, str(model))
-    external = any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer)
-    if external:  # load_model read it: the page's one file carries it inline
-        for i in proto.graph.initializer:
-            if i.data_location == onnx.TensorProto.EXTERNAL:
-                i.data_location = onnx.TensorProto.DEFAULT
-                del i.external_data[:]
+    # weights in external data: load_model read them into proto, and the page's one file carries them inline
+    external = any(i.data_location == onnx.TensorProto.EXTERNAL
+                   for i in load_model(model, external_data=False).graph.initializer)
     run_model, fixed = batch_mode(proto, spec, str(model))
     if out.exists() and not out.is_dir():
         raise GanqError(f"{out}: exists and is not a folder")
