@@ -319,3 +319,14 @@ def test_mixed_target_out_of_reach_is_a_line_not_a_failed_sweep(tiny_onnx, tiny_
     assert "## Mixed-precision rows out of reach" in (tmp_path / "o" / "report.md").read_text()
     assert "out of reach" in (tmp_path / "o" / "index.html").read_text()
     assert json.loads((tmp_path / "o" / "results.json").read_text())["failed"] == r["failed"]
+
+
+def test_quantized_rows_report_their_fidelity_to_fp32_as_evaluate_does(tiny_onnx, tiny_classifier, toy_data_root,
+                                                                       tmp_path):
+    r = _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path / "o", repeats=1, bits=(32, 3))
+    fp32, q = r["rows"]
+    assert fp32.get("psnr_fp32") is None
+    direct = ev.evaluate(q["file"], "mnist", tiny_classifier[0], EvalOptions(n=60, seed=0, kid_subset_size=30),
+                         data_root=toy_data_root, cache=tmp_path / "c", reference=tiny_onnx)
+    assert q["psnr_fp32"] == pytest.approx(direct["psnr_fp32"], rel=1e-12)
+    assert q["ssim_fp32"] == pytest.approx(direct["ssim_fp32"], rel=1e-12)

@@ -70,20 +70,21 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
         r = run_sweep(models, settings, out, dataset, features, data_root, progress, execution)
 
     def render(r):
-        from ganq.evaluate.catalogue import METRICS
+        from ganq.evaluate.catalogue import metric
         from ganq.report.analysis import float_row
         from ganq.report.pages import bits_label, stat
 
-        keys = ("inception_score", "fid", "precision", "recall")
+        keys = ("inception_score", "fid", "precision", "recall") + (
+            ("psnr_fp32",) if any(x.get("psnr_fp32") is not None for x in r["rows"]) else ())
         show_method = any(x["method"] not in ("minmax", "fp32") for x in r["rows"])
         rows = [[x["model"]] + ([x["method"]] if show_method else []) + [bits_label(x)]
-                + [stat(x, k, float_row(r["rows"], x["model"])) for k in keys]
+                + [stat(x, k, float_row(r["rows"], x["model"]) if k != "psnr_fp32" else None) for k in keys]
                 + [size(x["bytes_file"]), f"{x['images_per_s']:,.0f}" if x.get("images_per_s") else "-"]
                 for x in r["rows"]]
         repeats = max(x.get("repeats", 1) for x in r["rows"])
         title = f"sweep (mean ± std over {repeats} seeds; ≈: within noise of fp32)" if repeats > 1 else "sweep"
         out_console.print(table(title, ["model"] + (["method"] if show_method else []) + ["bits"]
-                                 + [METRICS[k].short for k in keys] + ["file", "img/s"], rows))
+                                 + [metric(k).short for k in keys] + ["file", "img/s"], rows))
         for f in r.get("failed", []):
             out_console.print(f"{f['model']} mixed {f['method']}: {f['error']}", highlight=False)
         out_console.print(f"report: {r['index']}", highlight=False)

@@ -139,6 +139,7 @@ def run_job(job: Job, ctx: Context) -> dict:
             mixed = None
         net = FeatureNet(job.net, threads=threads)
         gen = Generator(qpath, threads=threads)
+        ref_gen = Generator(job.model.model, threads=threads) if job.bits != FLOAT_BITS else None
         fc = FeatureCache(out / "cache" / "features")
         sizes = qrep or _sizes(qpath)
         for r, cell in enumerate(cells):
@@ -148,6 +149,9 @@ def run_job(job: Job, ctx: Context) -> dict:
             real = fc.real(net, job.model.dataset, opts.real_split, s.n, s.seed + r, ctx.data_root)
             t0 = time.perf_counter()
             metrics, images = measure(gen, net, real, opts)
+            if ref_gen is not None:  # fidelity to fp32: the same inputs through the float generator
+                from ganq.evaluate.fidelity import fidelity
+                metrics.update(fidelity(images, ref_gen.generate(opts.n, opts.seed, opts.batch)))
             row = {"model": job.model.name, "dataset": job.model.dataset,
                    "bits": round(mixed["avg_bits"], 3) if mixed else job.bits, "kind": "mixed" if mixed else "uniform",
                    "method": job.method, "method_opts": dict(job.opts), "format": s.format,
@@ -192,8 +196,9 @@ def aggregate(per_seed: list[dict]) -> dict:
     row = dict(per_seed[0])
     row["repeats"] = len(per_seed)
     row["seeds"] = [p.get("seed") for p in per_seed]
-    row["spread"], row["per_seed"] = {}, [{m: p.get(m) for m in METRICS} for p in per_seed]
-    for m in list(METRICS) + ["inception_score_real"]:
+    extra = ["inception_score_real", "psnr_fp32", "ssim_fp32"]
+    row["spread"], row["per_seed"] = {}, [{m: p.get(m) for m in list(METRICS) + extra[1:]} for p in per_seed]
+    for m in list(METRICS) + extra:
         vals = [p.get(m) for p in per_seed]
         if any(v is None for v in vals):
             row["spread"][m] = None
