@@ -169,3 +169,21 @@ def test_page_runs_conditional_image_to_image_and_fixed_batch_generators(family,
         assert c["classes"][0] == "random" and c["classes"][1] == "0: T-shirt/top" and len(c["classes"]) == 11
     assert c["upload"] == (family == "esrgan-ps") and c["interpolation"] == (family != "esrgan-ps")
     assert not [x for x in got["logs"] if "error" in x.lower()], got["logs"]
+
+
+def test_ort_web_copies_are_checked_and_named_by_their_own_version(models, tmp_path, capfd):
+    """Empty runtime files are refused; an older package is shipped under its own version, with one warning."""
+    pkg = tmp_path / "onnxruntime-web"
+    (pkg / "dist").mkdir(parents=True)
+    for f in ORT_FILES:
+        (pkg / "dist" / f).write_bytes(b"")
+    with pytest.raises(GanqError, match="is empty"):
+        build_app(models["fp32"], tmp_path / "a", ort_web=pkg)
+    assert not (tmp_path / "a").exists()
+    for f in ORT_FILES:
+        (pkg / "dist" / f).write_bytes(b"// runtime")
+    (pkg / "package.json").write_text(json.dumps({"name": "onnxruntime-web", "version": "1.17.0"}))
+    info = build_app(models["fp32"], tmp_path / "b", ort_web=pkg)
+    assert info["ort"]["version"] == "1.17.0" and info["ort"]["local"]
+    assert json.loads((tmp_path / "b" / "app.json").read_text())["ort"]["version"] == "1.17.0"
+    assert "onnxruntime-web 1.17.0; the page is tested with" in capfd.readouterr().err

@@ -228,3 +228,41 @@ def test_idx_zero_dimension_beside_a_huge_one(tmp_path):
     p.write_bytes(b"\x00\x00\x0b\x04\x00\x00\x00\x00\x00\x00\x00\x04\x14$%\r\xcb]E\xc5")
     with pytest.raises(GanqError, match="numpy cannot hold"):
         read_idx(p)
+
+
+_values = st.recursive(st.none() | st.booleans() | st.integers(-10, 10 ** 6) | st.floats(allow_nan=True) |
+                       st.text(max_size=8), lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c,
+                                                                                                 max_size=4),
+                       max_leaves=12)
+_input = st.fixed_dictionaries(
+    {"name": st.text(max_size=6) | st.integers(), "kind": st.sampled_from(["latent", "label", "noise", "image",
+                                                                             "const", "wave", 3])},
+    optional={"shape": st.lists(st.integers(-2, 70_000) | st.booleans(), max_size=4) | _values,
+              "prior": st.sampled_from(["normal", "uniform", "truncated", "x"]) | _values,
+              "truncation": st.floats(allow_nan=True) | _values, "classes": st.integers(-3, 200_000) | _values,
+              "weights": st.lists(st.floats(allow_nan=True), max_size=4) | _values,
+              "range": st.lists(st.floats(allow_nan=True), max_size=3) | _values,
+              "layout": st.sampled_from(["NCHW", "NHWC", "CHW"]) | _values,
+              "source": st.sampled_from(["", "random", "mnist"]) | _values,
+              "value": st.lists(st.floats(allow_nan=True), max_size=4) | _values,
+              "dtype": st.sampled_from(["", "int64", "int32", "float32", "float16"]) | _values,
+              "colour": _values})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs=st.lists(_input, max_size=4) | _values, layout=st.sampled_from(["NCHW", "NHWC", "nchw"]))
+def test_spec_input_fields_are_valid_or_one_error(inputs, layout):
+    """Whatever a spec's inputs hold, GeneratorSpec takes them or raises one GanqError; what it takes round-trips
+    through JSON and samples."""
+    from ganq.onnx_io import sample_inputs
+    from ganq.spec import GeneratorSpec
+
+    d = {"latent_dim": 4, "channels": 1, "height": 2, "width": 2, "inputs": inputs, "output_layout": layout}
+    try:
+        spec = GeneratorSpec.from_dict(d)
+    except GanqError:
+        return
+    assert GeneratorSpec.from_json(spec.to_json()) == spec
+    if all(i.kind != "image" or i.source == "random" for i in spec.all_inputs):
+        feed = sample_inputs(spec, 2, 0)
+        assert set(feed) == {i.name for i in spec.all_inputs}

@@ -88,8 +88,8 @@ class InputSpec:
         elif k == "image":
             if self.layout not in LAYOUTS:
                 raise GanqError(f"{where}: layout must be NCHW or NHWC, got {self.layout!r}")
-            c = shape[0] if self.layout == "NCHW" else (shape[-1] if shape else 0)
-            if len(shape) != 3 or c not in (1, 3):
+            c = (shape[0] if self.layout == "NCHW" else shape[-1]) if len(shape) == 3 else 0
+            if c not in (1, 3):
                 raise GanqError(f"{where}: an image input is [C, H, W] (or [H, W, C]) with C 1 or 3, got "
                                 f"{list(shape)}")
             if len(self.range) != 2 or not self.range[0] < self.range[1]:
@@ -207,6 +207,7 @@ class GeneratorSpec:
         if not isinstance(self.inputs, (tuple, list)):
             raise GanqError(f"spec: inputs must be a list, got {type(self.inputs).__name__}")
         if not self.inputs:
+            object.__setattr__(self, "inputs", ())
             return
         items = tuple(i if isinstance(i, InputSpec) else InputSpec.from_dict(i) for i in self.inputs)
         names = [i.name for i in items]

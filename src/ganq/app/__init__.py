@@ -33,14 +33,31 @@ def is_app(folder: Path) -> bool:
         return False
 
 
-def _ort_source(ort_web: str | Path | None) -> Path | None:
-    """The folder holding the three onnxruntime-web files: the npm package, its dist/, or a folder of them."""
+def _ort_source(ort_web: str | Path | None) -> tuple[Path | None, str]:
+    """(the folder holding the three onnxruntime-web files: the npm package, its dist/, or a folder of them; the
+    version they are, from the package's package.json, or "unknown"). Empty files are refused; a version other
+    than the one the page is tested with is said once."""
     if ort_web is None:
-        return None
+        return None, ORT_WEB_VERSION
     base = Path(ort_web)
     for folder in (base, base / "dist", base / "node_modules" / "onnxruntime-web" / "dist"):
         if all((folder / f).is_file() for f in ORT_FILES):
-            return folder
+            empty = [f for f in ORT_FILES if (folder / f).stat().st_size == 0]
+            if empty:
+                raise GanqError(f"--ort-web {base}: {', '.join(empty)} is empty; reinstall onnxruntime-web")
+            version = "unknown"
+            for pj in (folder / "package.json", folder.parent / "package.json"):
+                try:
+                    meta = json.loads(pj.read_text())
+                except (OSError, ValueError):
+                    continue
+                if isinstance(meta, dict) and meta.get("name") == "onnxruntime-web":
+                    version = str(meta.get("version", "unknown"))
+                    break
+            if version != ORT_WEB_VERSION:
+                from ganq.errors import warn
+                warn(f"--ort-web {base} is onnxruntime-web {version}; the page is tested with {ORT_WEB_VERSION}")
+            return folder, version
     raise GanqError(f"--ort-web {base}: no {', '.join(ORT_FILES)} there (give the onnxruntime-web npm package folder "
                     "or its dist/)")
 
@@ -102,7 +119,7 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
     check_writable_place(out)
     if out.is_dir() and any(out.iterdir()) and not is_app(out):
         raise GanqError(f"{out}: folder exists and is not a ganq app folder; choose another --out")
-    src = _ort_source(ort_web)
+    src, ort_version = _ort_source(ort_web)
     quant = json.loads(read_metadata(proto).get(META_QUANT, "null"))
     info = {"ganq": "app", "model": "model.onnx", "source": model.name, "bytes": model.stat().st_size,
             "spec": spec.to_dict(),
@@ -110,7 +127,7 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
                                                                            "avg_bits", "mixed")},
             "title": title or f"{spec.arch or 'generator'} on {spec.dataset or 'its data'}",
             "fixed_batch": fixed, "class_names": class_names(spec),
-            "ort": {"version": ORT_WEB_VERSION, "local": src is not None,
+            "ort": {"version": ort_version, "local": src is not None,
                     "module": "./ort/ort.wasm.min.mjs" if src else CDN + "ort.wasm.min.mjs",
                     "wasmPaths": "./ort/" if src else CDN}}
     out.parent.mkdir(parents=True, exist_ok=True)
