@@ -419,3 +419,19 @@ def test_nproc_bad_input(tmp_path):
                                      "--data-root", str(root), "--out", str(tmp_path / "r"), *args])
         assert r.exit_code == 1 and msg in r.output, (args, r.output)
         assert not (tmp_path / "r").exists()
+
+
+def test_a_full_disk_at_the_first_checkpoint_is_one_error_and_leaves_no_run_folder(tmp_path, monkeypatch):
+    """torch's zip writer on a full disk says "unexpected pos"; ganq says which file, and a new run that has no
+    checkpoint leaves no half-made folder (run.json and a sample without weights)."""
+    from ganq.errors import GanqError
+
+    root = make_idx_root(tmp_path / "data", n_train=64)
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed / unexpected pos 64 vs 0")
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(GanqError, match=r"checkpoint.pt: cannot write the checkpoint .*bytes free there"):
+        train(_cfg(), tmp_path / "run", data_root=root)
+    assert not (tmp_path / "run").exists()

@@ -18,7 +18,14 @@ def save(path: str | Path, state: dict) -> None:
     if missing:
         raise ValueError(f"checkpoint lacks {missing}")
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except (OSError, RuntimeError) as e:  # a full disk: torch's zip writer says "unexpected pos ..."
+            import shutil
+
+            free = shutil.disk_usage(Path(tmp).parent).free
+            raise GanqError(f"{path}: cannot write the checkpoint ({str(e).strip().splitlines()[0][:120]}; "
+                            f"{free:,} bytes free there)") from None
 
 
 def load(path: str | Path) -> dict:

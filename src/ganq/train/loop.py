@@ -245,8 +245,15 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     elif config.nproc != 1:
         raise GanqError("nproc > 1 needs torchrun: use `ganq train --nproc N` or `torchrun --nproc_per_node N -m "
                         "ganq.cli train ...`")
+    fresh = not out.exists()
     try:
         return _train(config, out, resume, force, dev, data_root, download, progress, keep_every, ddp)
+    except BaseException:
+        # a new run that failed (a full disk) or was stopped before its first checkpoint leaves no folder behind
+        if fresh and (ddp is None or ddp.main) and out.is_dir() and not (out / "checkpoint.pt").exists():
+            import shutil
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         if ddp is not None:
             distributed.teardown()
