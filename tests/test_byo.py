@@ -37,6 +37,8 @@ KINDS = {"dcgan64": ["latent"], "dcgan64-4d": ["latent"], "cgan": ["latent", "la
 # conv's kernel then has an unknown shape): that family is exported, as users do, with a fixed batch
 BASE = {"stylegan2": {"fixed_batch": 1}}
 VARIANTS = {"o13": {"opset": 13}, "b1": {"fixed_batch": 1}, "dynamo": {"dynamo": True}, "ext": {"external": True}}
+# symbolic output height and width (torch's dynamic_axes on the image): the size is measured by running once
+SYMBOLIC = ("stylegan2-unfused", "cyclegan", "esrgan")
 _CACHE: dict = {}
 
 
@@ -52,7 +54,8 @@ def built(tmp_path_factory, name: str, variant: str = "base") -> Path:
     if key not in _CACHE:
         folder = tmp_path_factory.mktemp(f"{name}-{variant}")
         path = folder / f"{name}.onnx"
-        kw = dict(BASE.get(name, {})) if variant == "base" else {**BASE.get(name, {}), **VARIANTS[variant]}
+        extra = {"symbolic_size": True} if variant == "sym" else VARIANTS.get(variant, {})
+        kw = dict(BASE.get(name, {})) if variant == "base" else {**BASE.get(name, {}), **extra}
         import warnings
 
         with warnings.catch_warnings():
@@ -112,16 +115,31 @@ def test_every_method_and_format_on_every_family(tmp_path_factory, name, method,
     assert np.isfinite(outs["fake"]).all()
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_variants_quantize_with_rounding_and_a_calibrated_method(tmp_path_factory, name, variant):
+def _variants():
+    for name in FAMILIES:
+        yield from ((name, v) for v in VARIANTS)
+        if name in SYMBOLIC:
+            yield name, "sym"
+
+
+@pytest.mark.parametrize("name,variant", list(_variants()))
+def test_variants_through_quantize_bench_export_ort_and_app(tmp_path_factory, tmp_path, name, variant):
+    """Each variant: onnxruntime equals torch; a round-to-nearest and a calibrated method; then (always for a fixed
+    batch and external data, for every variant with GANQ_BYO_FULL=1) bench, export-ort and the app."""
+    from ganq.app import build_app
+    from ganq.app.mobile import export_ort
+    from ganq.onnx_io import save_model
     from ganq.quantize import QuantizeOptions, quantize_model
+    from ganq.runtime.bench import BenchJob, run_job
 
     if variant == "dynamo" and name == "stylegan2" and not FULL:
         pytest.skip("the fused StyleGAN2 through the dynamo exporter takes long; GANQ_BYO_FULL=1 runs it")
     path = built(tmp_path_factory, name, variant)
     model = load_model(path)
     feed, spec = _feed(path)
+    if variant == "sym":
+        dims = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+        assert isinstance(dims[2], str) and (spec.height, spec.width) == (feed and _out_hw(model, feed, spec))
     (ref,) = run(model, feed, [spec.output_name])
     assert np.abs(ref - reference(name, feed)).max() <= 1e-4
     for method, fmt, bits, extra in (("minmax", "int", 4, {}), ("gptq", "packed", 3, {"recalibrate_bn": True})):
@@ -129,6 +147,17 @@ def test_variants_quantize_with_rounding_and_a_calibrated_method(tmp_path_factor
                                                        calibration=16, **extra))
         (out,) = run(q, feed, [spec.output_name])
         assert rep["weight_share"] >= 0.95 and np.isfinite(out).all() and out.shape == ref.shape
+    if FULL or variant in ("b1", "ext"):
+        qpath = tmp_path / "q.onnx"
+        save_model(q, qpath)
+        assert run_job(BenchJob(str(qpath), batch=2, threads=1, warmup=1, repeat=1))["images_per_s"] > 0
+        assert export_ort(qpath, tmp_path / "q.ort")["max_abs_diff"] <= 1e-5
+        assert "model.onnx" in build_app(qpath, tmp_path / "app")["files"]
+
+
+def _out_hw(model, feed, spec):
+    (y,) = run(model, feed, [spec.output_name])
+    return tuple(y.shape[2:]) if spec.output_layout == "NCHW" else tuple(y.shape[1:3])
 
 
 def test_a_fixed_batch_is_made_symbolic_where_the_graph_allows_and_run_in_batches_where_not(tmp_path_factory,
@@ -270,3 +299,15 @@ def test_external_data_is_kept_by_spec_and_carried_into_every_file_ganq_writes(t
     feed, spec = _feed(src)
     assert np.abs(run(load_model(tmp_path / "app" / "model.onnx"), feed, [spec.output_name])[0]
                   - run(load_model(src), feed, [spec.output_name])[0]).max() == 0
+
+
+@pytest.mark.realdata
+def test_fid_of_a_64x64_rgb_generator_against_cifar10_resized(tmp_path_factory):
+    from ganq.data import locate
+    from ganq.evaluate import EvalOptions, evaluate
+
+    if locate("cifar10-jpeg", None, "test")[0] is None:
+        pytest.skip("the CIFAR-10 JPEG copy is not here (../shared/data, GANQ_DATA)")
+    e = evaluate(built(tmp_path_factory, "dcgan64"), "cifar10-jpeg", opts=EvalOptions(n=200, k=3))
+    assert e["resize"] == {"from": "3x64x64", "to": "3x32x32", "filter": "PIL bicubic, antialiased"}
+    assert np.isfinite(e["fid"]) and e["fid"] > 0
