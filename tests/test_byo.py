@@ -303,11 +303,11 @@ def test_external_data_is_kept_by_spec_and_carried_into_every_file_ganq_writes(t
 
 @pytest.mark.realdata
 def test_fid_of_a_64x64_rgb_generator_against_cifar10_resized(tmp_path_factory):
-    from ganq.data import locate
+    from conftest import need_real
+
     from ganq.evaluate import EvalOptions, evaluate
 
-    if locate("cifar10-jpeg", None, "test")[0] is None:
-        pytest.skip("the CIFAR-10 JPEG copy is not here (../shared/data, GANQ_DATA)")
-    e = evaluate(built(tmp_path_factory, "dcgan64"), "cifar10-jpeg", opts=EvalOptions(n=200, k=3))
+    root = need_real("cifar10-jpeg")
+    e = evaluate(built(tmp_path_factory, "dcgan64"), "cifar10-jpeg", opts=EvalOptions(n=200, k=3), data_root=root)
     assert e["resize"] == {"from": "3x64x64", "to": "3x32x32", "filter": "PIL bicubic, antialiased"}
     assert np.isfinite(e["fid"]) and e["fid"] > 0
