@@ -77,12 +77,14 @@ def test_app_bad_input(models, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
-def _in_browser(folder: Path, z: np.ndarray, tmp_path: Path, shot: Path | None = None) -> dict:
+def _in_browser(folder: Path, payload: dict, tmp_path: Path, shot: Path | None = None) -> dict:
+    """Serve the page, run app-check.mjs on payload ({"n", "z"}: the first latent, or {"n", "feeds"}: every
+    input) and return what it writes."""
     httpd, url = serve(folder)
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     try:
-        (tmp_path / "z.json").write_text(json.dumps({"n": len(z), "z": z.ravel().tolist()}))
+        (tmp_path / "z.json").write_text(json.dumps(payload))
         cmd = ["node", str(REPO / "web" / "app-check.mjs"), url, str(tmp_path / "z.json"), str(tmp_path / "o.json")]
         r = subprocess.run(cmd + ([str(shot)] if shot else []), capture_output=True, text=True, timeout=180,
                            env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"})
@@ -101,7 +103,8 @@ def test_page_matches_python_onnxruntime(models, kind, tmp_path):
     folder = tmp_path / "app"
     build_app(models[kind], folder, ort_web=ORT_WEB)
     z = np.random.default_rng(7).standard_normal((5, 100)).astype(np.float32)
-    got = _in_browser(folder, z, tmp_path, tmp_path / "shot.png" if kind == "packed3" else None)
+    got = _in_browser(folder, {"n": len(z), "z": z.ravel().tolist()}, tmp_path,
+                      tmp_path / "shot.png" if kind == "packed3" else None)
     want = ort.InferenceSession(str(models[kind]), session_options(), providers=["CPUExecutionProvider"]).run(
         None, {"z": z})[0]
     image = np.asarray(got["image"], np.float32).reshape(want.shape)
@@ -111,25 +114,6 @@ def test_page_matches_python_onnxruntime(models, kind, tmp_path):
     assert not [m for m in got["logs"] if "error" in m.lower()], got["logs"]
     if kind == "packed3":
         assert (tmp_path / "shot.png").stat().st_size > 10_000
-
-
-def _feeds_in_browser(folder: Path, feed: dict, tmp_path: Path) -> dict:
-    """Run the page on every input given (runFeeds) and return what app-check.mjs writes."""
-    httpd, url = serve(folder)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        n = len(next(v for v in feed.values() if v.ndim))
-        enc = {k: {"type": str(v.dtype), "dims": list(v.shape), "data": v.ravel().tolist()} for k, v in feed.items()}
-        (tmp_path / "f.json").write_text(json.dumps({"n": n, "feeds": enc}))
-        r = subprocess.run(["node", str(REPO / "web" / "app-check.mjs"), url, str(tmp_path / "f.json"),
-                            str(tmp_path / "o.json")], capture_output=True, text=True, timeout=180,
-                           env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"})
-        assert r.returncode == 0, r.stderr[-3000:]
-        return json.loads((tmp_path / "o.json").read_text())
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.mark.parametrize("family", ["cgan", "esrgan-ps", "stylegan2"])
@@ -161,7 +145,8 @@ def test_page_runs_conditional_image_to_image_and_fixed_batch_generators(family,
     feed = probe_inputs(spec, 3)
     want = np.concatenate([run(m, {k: v[i:i + 1] for k, v in feed.items()}, [spec.output_name])[0]
                            for i in range(3)]) if fb else run(m, feed, [spec.output_name])[0]
-    got = _feeds_in_browser(tmp_path / "app", feed, tmp_path)
+    enc = {k: {"type": str(v.dtype), "dims": list(v.shape), "data": v.ravel().tolist()} for k, v in feed.items()}
+    got = _in_browser(tmp_path / "app", {"n": 3, "feeds": enc}, tmp_path)
     image = np.asarray(got["image"], np.float32).reshape(want.shape)
     assert np.abs(image - want).max() <= 1e-5
     c = got["controls"]
