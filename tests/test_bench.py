@@ -19,11 +19,14 @@ def test_bench_json_shape(tiny_onnx, tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert set(rep) == {"machine_before", "machine_after", "results"}
-    assert len(rep["results"]) == 2 * 2 * 2  # models x qdq modes x batches
+    # the int file in both decode modes, the fp32 file (nothing to decode) once: x 2 batches
+    assert len(rep["results"]) == (2 + 1) * 2
     for row in rep["results"]:
         assert row["p50_ms"] <= row["p95_ms"] and row["images_per_s"] > 0 and row["load_ms"] > 0
         assert row["peak_rss_mb"] >= row["baseline_rss_mb"] > 0 and row["file_bytes"] > 0
-    assert {(x["batch"], x["qdq"]) for x in rep["results"]} == {(1, "keep"), (3, "keep"), (1, "fold"), (3, "fold")}
+    q = [x for x in rep["results"] if x["model"].endswith("q.onnx")]
+    assert {(x["batch"], x["qdq"]) for x in q} == {(1, "keep"), (3, "keep"), (1, "fold"), (3, "fold")}
+    assert {x["qdq"] for x in rep["results"] if x not in q} == {"fold"}
 
 
 def test_bench_vs_torch(tiny_run, tiny_onnx):

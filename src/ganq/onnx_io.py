@@ -25,6 +25,10 @@ META_QUANT = "ganq.quant"
 META_FEATURES = "ganq.features"
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 OPTIMIZATION = ("disable", "basic", "extended", "all")
+# how a session handles the DequantizeLinear of weight-only files: "once" folds it into float32 weights when the
+# session is made (onnxruntime keeps QDQ nodes unless session.disable_quant_qdq=1), "per-call" decodes the weights on
+# every run (less memory: the float weights are never held). Packed files' decoders are constant-folded either way.
+DECODE = {"once": {"session.disable_quant_qdq": "1"}, "per-call": {}}
 CALIBRATION_TAG = 0x63616C69  # mixed into the seed: calibration latents never equal evaluate's for any seed
 
 
@@ -421,7 +425,8 @@ def prune(graph, outputs: list[str]) -> None:
 
 
 def session(model, provider: str = "cpu", threads: int | None = None, *, outputs: list[str] | None = None,
-            config: dict | None = None, optimization: str | None = None, quiet: bool = False):
+            config: dict | None = None, optimization: str | None = None, quiet: bool = False,
+            decode: str | None = None):
     """The one onnxruntime InferenceSession recipe. model: a path, serialized bytes or an onnx.ModelProto;
     provider cpu or cuda; outputs: make these tensors the graph's outputs and drop every node they do not need
     (onnxruntime runs every node otherwise, needed or not)."""
@@ -433,6 +438,10 @@ def session(model, provider: str = "cpu", threads: int | None = None, *, outputs
     if name not in ort.get_available_providers():
         raise GanqError(f"provider {provider} is not available in this onnxruntime "
                         f"(has {', '.join(ort.get_available_providers())}); for cuda: pip install onnxruntime-gpu")
+    if decode is not None:
+        if decode not in DECODE:
+            raise GanqError(f"--decode must be {' or '.join(DECODE)}, got {decode!r}")
+        config = {**DECODE[decode], **(config or {})}
     so = session_options(threads, config, optimization, quiet)
     if outputs is not None:
         import onnx
@@ -691,7 +700,7 @@ def random_feed(model, seed: int = 0) -> dict | None:
     return feed
 
 
-__all__ = ["META_SPEC", "META_QUANT", "META_FEATURES", "PROVIDERS", "resolve_model", "load_model", "save_model",
+__all__ = ["META_SPEC", "META_QUANT", "META_FEATURES", "PROVIDERS", "DECODE", "resolve_model", "load_model", "save_model",
            "read_metadata", "write_metadata", "copy_metadata", "read_spec", "read_quant", "describe", "check_spec",
            "infer_inputs", "graph_inputs", "fixed_batch", "symbolic_batch", "dynamic_batch", "batch_mode", "run_batched",
            "session_options", "session", "run", "prune", "sample_latents", "sample_inputs", "probe_inputs",

@@ -99,13 +99,17 @@ def sample_strip(spec):
     return Image.fromarray(np.concatenate(list(u8), axis=1), "RGB")
 
 
-def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = None, title: str | None = None) -> dict:
-    """Write the app folder `out` for generator `model`; returns what app.json holds."""
+def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = None, title: str | None = None,
+              decode: str = "once") -> dict:
+    """Write the app folder `out` for generator `model`; returns what app.json holds. decode: "once" (the page
+    folds the weights' decoders when its session is made) or "per-call" (decoded on every run: less memory)."""
     import onnx
 
     from ganq.onnx_io import META_QUANT, batch_mode, check_spec, load_model, read_metadata, read_spec
 
     model, out = Path(model), Path(out)
+    if decode not in ("once", "per-call"):
+        raise GanqError(f"--decode must be once or per-call, got {decode!r}")
     proto = load_model(model)
     spec = read_spec(proto, str(model))
     check_spec(proto, spec, str(model))
@@ -126,7 +130,7 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
             "quant": None if quant is None else {k: quant.get(k) for k in ("bits", "method", "granularity", "format",
                                                                            "avg_bits", "mixed")},
             "title": title or f"{spec.arch or 'generator'} on {spec.dataset or 'its data'}",
-            "fixed_batch": fixed, "class_names": class_names(spec),
+            "fixed_batch": fixed, "class_names": class_names(spec), "decode": decode,
             "ort": {"version": ort_version, "local": src is not None,
                     "module": "./ort/ort.wasm.min.mjs" if src else CDN + "ort.wasm.min.mjs",
                     "wasmPaths": "./ort/" if src else CDN}}

@@ -20,6 +20,8 @@ def app_cmd(model: Annotated[str, typer.Argument(help="A ganq generator .onnx (f
                 help="onnxruntime-web package folder (npm) to copy the runtime from; default: load it from the CDN")
             ] = None,
             title: Annotated[Optional[str], typer.Option(help="Page title")] = None,
+            decode: Annotated[str, typer.Option(help="once (weights decoded when the page's session is made: as "
+                                                     "fast as fp32) or per-call (less memory)")] = "once",
             serve: Annotated[Optional[int], typer.Option(
                 help="Then serve the folder on 127.0.0.1:PORT (0: any free port) with cross-origin isolation, "
                      "until Ctrl-C")] = None,
@@ -29,7 +31,7 @@ def app_cmd(model: Annotated[str, typer.Argument(help="A ganq generator .onnx (f
     from ganq.onnx_io import resolve_model
 
     check_port(serve)
-    r = build_app(resolve_model(model), out, ort_web, title)
+    r = build_app(resolve_model(model), out, ort_web, title, decode)
     emit(r, as_json, lambda r: out_console.print(
         f"wrote {r['out']}/: {', '.join(r['files'])}; onnxruntime-web {r['ort']['version']} "
         f"{'copied' if r['ort']['local'] else 'from ' + r['ort']['module'].rsplit('/', 1)[0]}", highlight=False))
@@ -72,8 +74,8 @@ def bench(models: Annotated[list[str], typer.Argument(help="Generator .onnx file
           threads: Annotated[str, typer.Option(help="Thread counts, comma-separated")] = "1,2",
           warmup: int = 10, repeat: int = 50,
           provider: Annotated[str, typer.Option(help=providers_help())] = "cpu",
-          qdq: Annotated[str, typer.Option(help="keep, fold or both: onnxruntime's handling of "
-                                                "DequantizeLinear (fold = session.disable_quant_qdq=1)")] = "keep",
+          qdq: Annotated[str, typer.Option(help="keep (weights decoded on every call), fold (decoded once, when "
+                                                "the session is made: ganq's runtime default) or both")] = "both",
           vs_torch: Annotated[Optional[Path], typer.Option("--vs-torch", help="Also time this run folder's "
                                                             "PyTorch generator")] = None,
           as_json: Annotated[bool, typer.Option("--json")] = False):

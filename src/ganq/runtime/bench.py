@@ -16,9 +16,11 @@ import numpy as np
 
 from ganq.errors import GanqError
 
-# onnxruntime keeps DequantizeLinear nodes (QDQ format) unless session.disable_quant_qdq=1, which constant-folds
-# them into float weights at load time.
-QDQ_MODES = {"keep": {}, "fold": {"session.disable_quant_qdq": "1"}}
+# keep: the weights decoded on every call (onnx_io.DECODE["per-call"]); fold: decoded once, when the session is made
+# (DECODE["once"], what ganq's runtime does by default)
+from ganq.onnx_io import DECODE  # noqa: E402
+
+QDQ_MODES = {"keep": DECODE["per-call"], "fold": DECODE["once"]}
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class BenchSettings:
     warmup: int = 10
     repeat: int = 50
     provider: str = "cpu"
-    qdq: str = "keep"             # keep, fold or both
+    qdq: str = "both"             # keep, fold or both
     extra_engine: tuple = ()      # (name, module:function, model) of an engine handed in by the caller
 
     def __post_init__(self):
@@ -80,14 +82,24 @@ class BenchSettings:
         self.jobs()  # every job's ranges, before any work
 
     def jobs(self) -> list[BenchJob]:
-        modes = list(QDQ_MODES) if self.qdq == "both" else [self.qdq]
-        jobs = [BenchJob(p, b, t, self.warmup, self.repeat, self.provider, m) for p in self.models for m in modes
-                for t in self.threads for b in self.batches]
+        jobs = [BenchJob(p, b, t, self.warmup, self.repeat, self.provider, m) for p in self.models
+                for m in self.modes(p) for t in self.threads for b in self.batches]
         if self.extra_engine:
             name, entry, model = self.extra_engine
             jobs += [BenchJob(str(model), b, t, self.warmup, self.repeat, "cpu", "keep", name, entry)
                      for t in self.threads for b in self.batches]
         return jobs
+
+
+    def modes(self, path: str) -> list[str]:
+        """The decode modes to time for one file: with `both`, a file without DequantizeLinear (fp32, packed: its
+        decoder is constant-folded either way) is timed once."""
+        if self.qdq != "both":
+            return [self.qdq]
+        from ganq.onnx_io import load_model
+
+        graph = load_model(path, external_data=False).graph
+        return list(QDQ_MODES) if any(n.op_type == "DequantizeLinear" for n in graph.node) else ["fold"]
 
 
 def busy(m: dict) -> bool:

@@ -15,7 +15,8 @@ from ganq.spec import GeneratorSpec
 class Generator:
     """A generator .onnx with its spec; generate() gives uint8 NHWC images from inputs drawn from the spec."""
 
-    def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None, data_root=None):
+    def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None, data_root=None,
+                 decode: str = "once"):
         self.path = resolve_model(model)
         self.data_root = data_root
         proto = load_model(self.path, external_data=False)  # the metadata is all this needs; onnxruntime loads
@@ -26,7 +27,8 @@ class Generator:
         self.source = self.path  # what sessions are built from: the file, or its symbolic-batch copy
         if fixed_batch(proto, self.spec) is not None:
             self.source, self.fixed = batch_mode(load_model(self.path), self.spec, str(self.path))
-        self.session = session(self.source, provider, threads)
+        self.decode = decode  # weight decoders folded when the session is made, or run on every call
+        self.session = session(self.source, provider, threads, decode=decode)
 
     def latents(self, n: int, seed: int) -> np.ndarray:
         """float32 [n, latent_dim] from a seeded generator: the same seed gives every bit width the same latents."""

@@ -139,8 +139,10 @@ async function main() {
   ort.env.wasm.numThreads = isolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   const session = await ort.InferenceSession.create(cfg.model, {
     executionProviders: ["wasm"],
-    // as ganq's Python runtime: never swap DequantizeLinear -> MatMul for MatMulNBits with 8-bit activations
-    extra: { session: { qdq_matmulnbits_accuracy_level: "0" } },
+    // as ganq's Python runtime: never swap DequantizeLinear -> MatMul for MatMulNBits with 8-bit activations, and
+    // (decode "once", the default) fold the weights' DequantizeLinear into float weights when the session is made
+    extra: { session: { qdq_matmulnbits_accuracy_level: "0",
+                        ...(cfg.decode === "per-call" ? {} : { disable_quant_qdq: "1" }) } },
   });
   const tLoad = performance.now() - t0;
 
