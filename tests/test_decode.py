@@ -26,3 +26,80 @@ def test_bad_decode_mode_is_one_line(tiny_onnx):
 
     with pytest.raises(GanqError, match="--decode must be once or per-call"):
         Generator(tiny_onnx, decode="lazy")
+
+
+def _layer_then_bn(op: str, **attrs):
+    """x -> op (weight W, no bias) -> BatchNormalization -> y, seeded; the op's weight layout as the op table says."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c_in, c_out = 6, 5
+    if op in ("Conv", "ConvTranspose"):
+        w = rng.standard_normal((c_out, c_in, 3, 3) if op == "Conv" else (c_in, c_out, 3, 3)).astype(np.float32)
+        x_shape, bn_in = ["N", c_in, 5, 5], c_out
+        node = helper.make_node(op, ["x", "w"], ["h"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    else:
+        trans = attrs.get("transB", 0)
+        w = rng.standard_normal((c_out, c_in) if trans else (c_in, c_out)).astype(np.float32)
+        x_shape, bn_in = ["N", c_in], c_out
+        node = helper.make_node(op, ["x", "w"], ["h"], **attrs)
+    bn = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (
+        ("g", 1 + 0.3 * rng.standard_normal(bn_in)), ("b", 0.2 * rng.standard_normal(bn_in)),
+        ("m", 0.5 * rng.standard_normal(bn_in)), ("v", 0.5 + rng.random(bn_in)))]
+    g = helper.make_graph([node, helper.make_node("BatchNormalization", ["h", "g", "b", "m", "v"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c_out] + x_shape[2:])],
+                          [numpy_helper.from_array(w, "w"), *bn])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+
+
+@pytest.mark.parametrize("op,attrs", [("Conv", {}), ("ConvTranspose", {}), ("Gemm", {}), ("Gemm", {"transB": 1}),
+                                      ("MatMul", {})])
+@pytest.mark.parametrize("fmt,method", [("fake", "minmax"), ("int", "minmax"), ("packed", "mse"),
+                                        ("int", "kmeans"), ("packed", "kmeans")])
+def test_batchnorm_folded_into_the_decoder_is_exact_and_leaves_the_file(op, attrs, fmt, method):
+    from ganq.onnx_io import run
+    from ganq.quantize import quantize_model
+
+    m = _layer_then_bn(op, **attrs)
+    kw = dict(bits=3, method=method, granularity="channel", format=fmt)
+    plain, _ = quantize_model(m, QuantizeOptions(**kw))
+    folded, rep = quantize_model(m, QuantizeOptions(**kw, bn_into_decoder=True))
+    assert rep["bn_into_decoder"] == 1
+    assert not [n for n in folded.graph.node if n.op_type == "BatchNormalization"]
+    assert not {"g", "b", "m", "v"} & {i.name for i in folded.graph.initializer}
+    x = np.random.default_rng(1).standard_normal((4, 6, 5, 5) if op.startswith("Conv") else (4, 6)).astype(np.float32)
+    a, b = run(plain, {"x": x})[0], run(folded, {"x": x})[0]
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, float(np.abs(a).max()))
+
+
+def test_batchnorm_is_kept_with_a_note_where_it_does_not_fold():
+    from ganq.quantize import quantize_model
+
+    q, rep = quantize_model(_layer_then_bn("Conv"), QuantizeOptions(bits=4, granularity="tensor", format="int",
+                                                                    bn_into_decoder=True))
+    assert rep["bn_into_decoder"] == 0 and any("per tensor" in n for n in rep["notes"])
+    assert [n.op_type for n in q.graph.node].count("BatchNormalization") == 1
+
+
+@pytest.mark.parametrize("fmt", ["fake", "int", "packed"])
+def test_float16_floats_stay_within_the_stated_tolerance(tiny_onnx, tmp_path, fmt):
+    import onnx
+
+    from ganq.quantize.float_bits import FLOAT16_TOLERANCE
+
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    quantize_file(tiny_onnx, a, QuantizeOptions(bits=4, granularity="channel", format=fmt, bn_into_decoder=True))
+    rep = quantize_file(tiny_onnx, b, QuantizeOptions(bits=4, granularity="channel", format=fmt,
+                                                      bn_into_decoder=True, float_bits=16))
+    assert rep["float_bits"] == 16 and rep["float16"]["tensors"] > 0
+    assert rep["float16"]["rms"] <= FLOAT16_TOLERANCE * 2 and b.stat().st_size < a.stat().st_size
+    ga, gb = Generator(a), Generator(b)
+    z = ga.latents(32, 0)
+    d = ga.run(z) - gb.run(z)
+    assert np.sqrt(np.mean(d * d)) <= FLOAT16_TOLERANCE * 2
+    m = onnx.load(str(b))
+    if fmt == "fake":  # the quantized weights stay float32 on their grid
+        q = {r["tensor"] for r in rep["tensors"]}
+        assert all(i.data_type == onnx.TensorProto.FLOAT for i in m.graph.initializer if i.name in q)

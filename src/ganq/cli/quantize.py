@@ -59,6 +59,12 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                  help="NAME=BITS for one weight (NAME may be first or last), repeatable: a mixed plan")] = None,
              plan: Annotated[Optional[Path], typer.Option(help="JSON plan with per-tensor bits/method")] = None,
              fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the weights first")] = False,
+             float_bits: Annotated[int, typer.Option(
+                 help="32 or 16: the floats that are not quantized weights (biases, decoders, other parameters) "
+                      "as float16")] = 32,
+             bn_into_decoder: Annotated[bool, typer.Option(
+                 "--bn-into-decoder", help="Fold a BatchNorm after a per-channel layer into its decoder and bias, "
+                 "after quantizing (exact; the codes do not change)")] = False,
              include_bias: Annotated[bool, typer.Option("--include-bias", help="Quantize biases too")] = False,
              keep_overridable: Annotated[bool, typer.Option(
                  "--keep-overridable", help="Initializers listed as graph inputs stay inputs (not quantized)")] = False,
@@ -107,7 +113,8 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                            tensor_bits=parse_tensor_bits(tensor_bits or []),
                            plan_file=str(plan) if plan else None, keep_overridable=keep_overridable,
                            upgrade_opset=not no_upgrade_opset, calibration=calibration,
-                           calibration_seed=calibration_seed, recalibrate_bn=recalibrate_bn)
+                           calibration_seed=calibration_seed, recalibrate_bn=recalibrate_bn,
+                           bn_into_decoder=bn_into_decoder, float_bits=float_bits)
     src = resolve_model(model)
     (check_output if mixed is None else check_outputs)(src, out, force)
     if mixed is not None:

@@ -23,6 +23,7 @@ class GraphEdit:
         self.replace: dict[str, np.ndarray] = {}
         self.removed: set[str] = set()
         self.before: dict[int, list] = {}
+        self.folds: list = []  # (node, BatchNormalization, new bias, its parameter names): see fold_batchnorm
         self.initializers = {i.name: i for i in graph.initializer}
 
     def fresh(self, name: str) -> str:
@@ -67,6 +68,12 @@ class GraphEdit:
 
     # --- the collected changes ---
 
+    def fold_batchnorm(self, node, bn, bias: np.ndarray, params) -> None:
+        """Stage a BatchNormalization folded into `node` (quantize.bn_decoder): at commit the node takes `bias`
+        (its bias input, or an Add after it when its op has none) and produces the BatchNorm's output; the
+        BatchNorm and its parameters leave the graph."""
+        self.folds.append((node, bn, bias, tuple(params)))
+
     def insert_before(self, node, nodes: list) -> None:
         i = next(k for k, n in enumerate(self.graph.node) if n is node)
         self.before[i] = nodes
@@ -78,6 +85,7 @@ class GraphEdit:
         graph = self.graph
         for name, array in self.replace.items():
             self.initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+        self._commit_folds()
         if not (self.removed or self.before):
             return
         kept = [i for i in graph.initializer if i.name not in self.removed]
@@ -89,3 +97,36 @@ class GraphEdit:
             nodes.append(n)
         del graph.node[:]
         graph.node.extend(nodes)
+
+    def _commit_folds(self) -> None:
+        """Apply the staged BatchNorm folds before the rest of commit (node objects are still the graph's): a
+        MatMul's BatchNorm becomes the Add of its shift in place; any other is dropped, and the positions of the
+        runs inserted before nodes (`before`) move with it."""
+        from ganq.quantize.ops import OPS, set_bias_input, uses
+
+        if not self.folds:
+            return
+        graph = self.graph
+        position = {id(n): i for i, n in enumerate(graph.node)}
+        dropped = []
+        for node, bn, bias, params in self.folds:
+            b = self.add_init(f"{node.name or bn.output[0]}_bn_bias", bias)
+            if OPS.get(node.op_type).bias is None:  # MatMul: the BatchNorm node becomes Add(its input, shift)
+                del bn.attribute[:]
+                del bn.input[:]
+                bn.input.extend([node.output[0], b])
+                bn.op_type = "Add"
+                continue
+            set_bias_input(node, b)
+            node.output[0] = bn.output[0]
+            dropped.append(position[id(bn)])
+        for j in sorted(dropped, reverse=True):
+            del graph.node[j]
+            self.before = {(i - 1 if i > j else i): v for i, v in self.before.items()}
+        counts = uses(graph)
+        gone = {p for _, _, _, params in self.folds for p in params if counts.get(p, 0) == 0}
+        kept = [i for i in graph.initializer if i.name not in gone]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        self.initializers = {i.name: i for i in graph.initializer}
+        self.folds = []

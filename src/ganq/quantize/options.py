@@ -40,6 +40,8 @@ class QuantizeOptions:
     calibration: int = 1024
     calibration_seed: int = 0
     recalibrate_bn: bool = False
+    bn_into_decoder: bool = False  # fold a following BatchNorm into the quantized layer's decoder (quantize.bn_decoder)
+    float_bits: int = 32           # 16: the floats that are not quantized weights stored as float16 (float_bits)
     method_config: object = field(default=None, init=False, compare=False, repr=False)
     overrides: dict = field(default=None, init=False, compare=False, repr=False)
 
@@ -54,5 +56,8 @@ class QuantizeOptions:
         check_range("--calibration", self.calibration, 1, MAX_CALIBRATION)
         check_range("--calibration-seed", self.calibration_seed, 0, 2 ** 31 - 1)
         conflicts_with(config, self.recalibrate_bn)
+        from ganq.quantize.float_bits import FLOAT_BITS_CHOICES
+        if self.float_bits not in FLOAT_BITS_CHOICES:
+            raise GanqError(f"--float-bits must be 32 or 16, got {self.float_bits!r}")
         object.__setattr__(self, "method_config", config)
         object.__setattr__(self, "overrides", read_plan_file(self.plan_file) if self.plan_file else {})

@@ -51,7 +51,15 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
     edit = GraphEdit(model.graph)
     rows, calib, seconds = solve_and_emit(model, options, todo, v, edit, notes)
     edit.commit()
-    report = record(model, options, plan, rows, edit, folded, v, calib, notes, weights)
+    f16 = None
+    if options.float_bits == 16:
+        from ganq.quantize.float_bits import check_float16, to_float16
+
+        before = onnx.ModelProto.FromString(model.SerializeToString())
+        keep = {r["tensor"] for r in rows} if options.format == "fake" else set()  # x_hat stays on its grid
+        f16 = {"tensors": to_float16(model, keep), **check_float16(before, model)}
+    report = record(model, options, plan, rows, edit, folded, v, calib, notes, weights,
+                    {"float_bits": 16, "float16": f16} if f16 is not None else None)
     report = dict(report, seconds={k: round(t, 3) for k, t in seconds.items()})
     return model, report
 

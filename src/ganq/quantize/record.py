@@ -26,7 +26,7 @@ def coverage(weights: dict[str, int], rows) -> dict:
             if total else None, "weights_left_float": [n for n, _ in left[:8]]}
 
 
-def record(model, options, plan, rows, edit, folded: int, v: int, calib, notes, weights=None) -> dict:
+def record(model, options, plan, rows, edit, folded: int, v: int, calib, notes, weights=None, extra=None) -> dict:
     """The report (without timings), written into model's metadata; the model checked by onnx.checker."""
     graph = model.graph
     total = _param_count(model) if options.format == "fake" else None
@@ -46,6 +46,8 @@ def record(model, options, plan, rows, edit, folded: int, v: int, calib, notes, 
               "tensors": rows}
     if weights is not None:
         report.update(coverage(weights, rows))
+    if options.bn_into_decoder:
+        report["bn_into_decoder"] = sum(1 for n in notes if n.endswith("folded into its decoder and bias"))
     if options.method_opts:
         report["method_opts"] = options.method_config.options()
     if plan.mixed or any(r["bits"] != options.bits for r in rows):
@@ -54,6 +56,8 @@ def record(model, options, plan, rows, edit, folded: int, v: int, calib, notes, 
     if calib is not None:
         report["calibration"] = {"latents": options.calibration, "seed": options.calibration_seed,
                                  "forward_passes": calib.passes, "recalibrate_bn": options.recalibrate_bn}
+    if extra:
+        report.update(extra)
     if notes:
         report["notes"] = notes
     write_metadata(model, META_QUANT, json.dumps(report, sort_keys=True))

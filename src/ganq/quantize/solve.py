@@ -17,7 +17,8 @@ from ganq.quantize.correct import correct
 from ganq.quantize.edit import GraphEdit
 from ganq.quantize.formats import FORMATS
 from ganq.quantize.methods import SolveContext
-from ganq.quantize.ops import following_batchnorm
+from ganq.quantize.bn_decoder import fold_into_decoder
+from ganq.quantize.ops import OPS, following_batchnorm
 from ganq.quantize.options import QuantizeOptions
 
 
@@ -111,6 +112,10 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
                 raise GanqError(f"method {method.name}: weight {t.name} feeds {t.consumers} nodes; it can split only "
                                 "a weight used once")
             edit.insert_before(users[0], method.rewrite(edit, users[0], t, sol))
+        if options.bn_into_decoder and t.role == "weight":
+            users = [n for n in graph.node if t.name in n.input]
+            if t.direct and len(users) == 1 and users[0].op_type in OPS:
+                sol = fold_into_decoder(edit, users[0], t, sol, notes)
         stored = fmt.emit(edit, t.name, sol, v)
         if options.format != "fake":
             edit.removed.add(t.name)

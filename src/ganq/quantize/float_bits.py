@@ -1,0 +1,70 @@
+"""`--float-bits 16`: every float32 initializer that is not a quantized weight (biases, BatchNorm and other
+parameters, the decoders' scales, offsets and levels) stored as float16 and cast back to float32 in the graph
+(onnxruntime folds the Cast when it loads the model: nothing is cast per call). The outputs are checked against
+the 32-bit file's on probe inputs: their RMS difference must stay within FLOAT16_TOLERANCE of the output range's
+width (the RMS and the largest difference are recorded). float16's relative error (2^-11) in a decoder's scale and
+offset moves every weight of a channel the same way, so single pixels can move by ~0.2 where the RMS moves by
+~0.01 (the shipped Fashion-MNIST generator at 4 bits, whose quantization error is 0.14 RMS); docs/deployment.md
+has its FID both ways."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ganq.errors import GanqError
+
+FLOAT_BITS_CHOICES = (32, 16)
+FLOAT16_TOLERANCE = 0.02   # RMS output difference against 32-bit floats, as a share of the output range's width
+F16_MAX = 65504.0
+
+
+def to_float16(model: onnx.ModelProto, keep: set[str]) -> int:
+    """Store the float32 initializers not in `keep` as float16 behind a Cast, in place; returns how many. A
+    tensor whose values float16 cannot hold (beyond 65504) stays float32."""
+    graph = model.graph
+    graph_inputs = {i.name for i in graph.input}
+    casts, kept = [], []
+    n = 0
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or init.name in keep or init.name in graph_inputs:
+            kept.append(init)
+            continue
+        x = numpy_helper.to_array(init)
+        if x.size == 0 or not np.all(np.isfinite(x)) or np.abs(x).max() > F16_MAX:
+            kept.append(init)
+            continue
+        half = init.name + "_f16"
+        kept.append(numpy_helper.from_array(x.astype(np.float16), half))
+        casts.append(helper.make_node("Cast", [half], [init.name], name=half + "_cast", to=TensorProto.FLOAT))
+        n += 1
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return n
+
+
+def check_float16(before: onnx.ModelProto, after: onnx.ModelProto) -> dict:
+    """{rms, max_abs}: the output difference of the float16 file against the 32-bit one on probe inputs (the
+    spec's, else random ones); one GanqError when the RMS exceeds FLOAT16_TOLERANCE of the output range."""
+    from ganq.onnx_io import META_SPEC, fixed_batch, probe_inputs, random_feed, read_metadata, read_spec, run
+
+    width = 2.0
+    if META_SPEC in read_metadata(before):
+        spec = read_spec(before)
+        feed = probe_inputs(spec, fixed_batch(before, spec) or 64)
+        width = spec.output_range[1] - spec.output_range[0]
+    else:
+        feed = random_feed(before)
+        if feed is None:
+            return {"rms": None, "max_abs": None}
+    a, b = run(before, feed), run(after, feed)
+    d = np.concatenate([(x.astype(np.float64) - y).ravel() for x, y in zip(a, b)])
+    rms, top = float(np.sqrt(np.mean(d * d))) if d.size else 0.0, float(np.abs(d).max()) if d.size else 0.0
+    if not rms <= FLOAT16_TOLERANCE * width:
+        raise GanqError(f"--float-bits 16 changes the outputs by {rms:.3g} RMS (more than {FLOAT16_TOLERANCE:.0%} of "
+                        f"the output range); keep --float-bits 32")
+    return {"rms": rms, "max_abs": top}
