@@ -56,13 +56,17 @@ def digest(model: str, kw: dict) -> str:
 ADDED_FIELDS = ("weight_params", "weight_share", "weights_left_float")
 
 
+ADDED_TENSOR_FIELDS = ("entropy_bits",)  # per tensor row (issue 24)
+
+
 def strip_added_fields(m) -> None:
     from ganq.onnx_io import META_QUANT, read_quant, write_metadata
 
     rec = read_quant(m)
-    if rec is not None and any(k in rec for k in ADDED_FIELDS):
-        write_metadata(m, META_QUANT, json.dumps({k: v for k, v in rec.items() if k not in ADDED_FIELDS},
-                                                 sort_keys=True))
+    if rec is not None:
+        rec = {k: v for k, v in rec.items() if k not in ADDED_FIELDS}
+        rec["tensors"] = [{k: v for k, v in r.items() if k not in ADDED_TENSOR_FIELDS} for r in rec["tensors"]]
+        write_metadata(m, META_QUANT, json.dumps(rec, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ganq.errors import GanqError
@@ -80,8 +81,14 @@ def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, pl
         raise GanqError(f"{out}: is the input model; write the quantized model elsewhere")
     model, report = quantize_model(load_model(src), options, plan)
     data = save_model(model, out, replace)
+    import lzma
+
     report.update({"source": str(src), "out": str(out), "bytes_source_file": Path(src).stat().st_size,
-                   "bytes_file": len(data), "bytes_gzip": len(gzip.compress(data, compresslevel=9, mtime=0))})
+                   "bytes_file": len(data), "bytes_gzip": len(gzip.compress(data, compresslevel=9, mtime=0)),
+                   "bytes_xz": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))})
+    quantized = [r for r in report["tensors"]]
+    report["bytes_entropy_codes"] = int(sum(np.ceil(r["entropy_bits"] * r.get("params_stored", r["params"]) / 8)
+                                            for r in quantized))
     report["ratio_to_fp32"] = report["bytes_file"] / report["bytes_fp32"]
     return report
 

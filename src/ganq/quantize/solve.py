@@ -125,11 +125,14 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
 
 def _row(t, tp, x, sol, method, stored, corrected) -> dict:
     ideal = int(np.ceil(sol.codes.size * tp.bits / 8)) + sol.decoder.nbytes(tp.bits)
+    counts = np.unique(sol.codes, return_counts=True)[1] / sol.codes.size
     row = {"tensor": t.name, "op": t.op_type, "role": t.role, "shape": list(x.shape), "axis": sol.axis,
            "bits": tp.bits, "method": method.name, "method_opts": method.options(),
            "granularity": tp.granularity, "decoder": sol.decoder.kind,
            "params": int(x.size), "bytes_fp32": int(x.nbytes), "bytes_ideal": ideal,
-           "bytes_stored": int(stored), "levels_used": sol.levels_used}
+           "bytes_stored": int(stored), "levels_used": sol.levels_used,
+           # the codes' empirical entropy: bits a weight that an entropy coder would need (the information held)
+           "entropy_bits": float(-(counts * np.log2(counts)).sum())}
     if method is not tp.method:
         row["fallback_from"] = tp.method.name
     if sol.split:
