@@ -1,6 +1,6 @@
 """`ganq app` in headless chromium (onnxruntime-web 1.30, wasm, cross-origin isolated): page load, first image and
-time per image at batch 1 and 16, for the fp32, 4-bit int and 3-bit packed Fashion-MNIST generator; saves a
-screenshot of the 3-bit page. Needs chromium and web/node_modules (cd web && npm ci).
+time per image at batch 1 and 16, for the fp32, 4-bit int and 3-bit packed Fashion-MNIST generator, the k-bit ones
+with the page's decoders folded once (the default) and run per call; saves a screenshot of the 3-bit page. Needs chromium and web/node_modules (cd web && npm ci).
 
     .venv/bin/python benchmarks/app_timings.py --screenshot docs/app.png
 """
@@ -37,14 +37,16 @@ def main():
     z = np.random.default_rng(0).standard_normal((1, 100)).astype(np.float32)
     (work / "z.json").write_text(json.dumps({"n": 1, "z": z.ravel().tolist()}))
     rows = []
-    for name, model in models.items():
-        folder = work / name.replace(" ", "-")
-        build_app(model, folder, ort_web=REPO / "web" / "node_modules" / "onnxruntime-web")
+    cases = [(f"{name}, decode {d}" if name != "fp32" else name, model, d) for name, model in models.items()
+             for d in (("once",) if name == "fp32" else ("once", "per-call"))]
+    for name, model, decode in cases:
+        folder = work / name.replace(" ", "-").replace(",", "")
+        build_app(model, folder, ort_web=REPO / "web" / "node_modules" / "onnxruntime-web", decode=decode)
         httpd, url = serve(folder)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         runs = []
         for i in range(args.repeat):
-            shot = args.screenshot if (name == "packed 3-bit" and i == 0 and args.screenshot) else None
+            shot = args.screenshot if (name == "packed 3-bit, decode once" and i == 0 and args.screenshot) else None
             cmd = ["node", str(REPO / "web" / "app-check.mjs"), url, str(work / "z.json"), str(work / "o.json")]
             subprocess.run(cmd + ([str(Path(shot).resolve())] if shot else []), check=True, capture_output=True)
             o = json.loads((work / "o.json").read_text())
