@@ -36,6 +36,12 @@ def _render_quant(r: dict) -> None:
         out_console.print(f"calibration: {cal['latents']:,} latents (seed {cal['seed']}), {cal['forward_passes']} "
                           f"forward passes, {sec.get('calibrate', 0):.1f} s calibrating + {sec.get('solve', 0):.1f} s "
                           f"solving{fixed}", highlight=False)
+    if r.get("bn_into_decoder"):
+        out_console.print(f"BatchNorm folded into decoders: {r['bn_into_decoder']}", highlight=False)
+    if r.get("float16"):
+        f = r["float16"]
+        out_console.print(f"float16: {f['tensors']} float tensors; outputs moved by {f['rms']:.2g} RMS, at most "
+                          f"{f['max_abs']:.2g}", highlight=False)
     if r.get("weight_share") is not None:
         left = r.get("weights_left_float") or []
         out_console.print(f"weights quantized: {100 * r['weight_share']:.1f}% of {r['weight_params']:,} weight "
