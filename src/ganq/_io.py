@@ -90,7 +90,10 @@ def glob_escape(name: str) -> str:
 
 def write_bytes_atomic(target, data: bytes, replace: bool = True) -> None:
     with atomic_path(target, replace) as tmp:
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as e:  # a full disk: name the file the user asked for, not the temporary one
+            raise OSError(e.errno, e.strerror, str(target)) from None
 
 
 def write_text_atomic(target, text: str) -> None:
