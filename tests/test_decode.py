@@ -103,3 +103,18 @@ def test_float16_floats_stay_within_the_stated_tolerance(tiny_onnx, tmp_path, fm
     if fmt == "fake":  # the quantized weights stay float32 on their grid
         q = {r["tensor"] for r in rep["tensors"]}
         assert all(i.data_type == onnx.TensorProto.FLOAT for i in m.graph.initializer if i.name in q)
+
+
+@pytest.mark.parametrize("fmt", ["fake", "int", "packed"])
+def test_the_file_in_three_parts_and_its_bounds(tiny_onnx, tmp_path, fmt):
+    """codes + decoders + the rest is the file; packed codes are k bit planes; the entropy bound is at most k bits a
+    weight; xz is a real compressed size."""
+    rep = quantize_file(tiny_onnx, tmp_path / "q.onnx", QuantizeOptions(bits=3, granularity="channel", format=fmt))
+    assert rep["bytes_codes"] + rep["bytes_decoders"] + rep["bytes_other"] == rep["bytes_file"]
+    n = sum(r["params"] for r in rep["tensors"])
+    if fmt == "packed":
+        assert rep["bytes_codes"] == sum(3 * ((r["params"] + 7) // 8) for r in rep["tensors"])
+    assert all(0 <= r["entropy_bits"] <= 3 + 1e-9 for r in rep["tensors"])
+    assert rep["bytes_entropy_codes"] <= -(-3 * n // 8) + len(rep["tensors"])
+    import lzma
+    assert rep["bytes_xz"] == len(lzma.compress((tmp_path / "q.onnx").read_bytes(), preset=9 | lzma.PRESET_EXTREME))

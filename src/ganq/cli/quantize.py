@@ -27,6 +27,11 @@ def _render_quant(r: dict) -> None:
                              [[f"{r['params_quantized']:,}", f"{r['params_float']:,}", size(r["bytes_fp32"]),
                                size(r["bytes_ideal"]), size(r["bytes_file"]), size(r["bytes_gzip"]),
                                f"{r['ratio_to_fp32']:.3f}"]]))
+    if "bytes_codes" in r:
+        out_console.print(table("file bytes", ["codes", "decoders", "other (floats, graph)", "codes' entropy bound",
+                                               "xz -9e"],
+                                [[size(r["bytes_codes"]), size(r["bytes_decoders"]), size(r["bytes_other"]),
+                                  size(r["bytes_entropy_codes"]), size(r["bytes_xz"])]]))
     cal = r.get("calibration")
     if cal:
         kinds = [c["kind"] for t in r["tensors"] for c in t.get("corrected", [])]

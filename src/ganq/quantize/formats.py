@@ -134,6 +134,18 @@ def emit_packed(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     return planes.nbytes + sol.decoder.nbytes(32)  # the zero point is stored as float32
 
 
+def code_bytes(fmt: str, n: int, bits: int, opset: int) -> int:
+    """Bytes the codes of n weights take in a format (the decoder's parameters not counted): fake stores float32
+    x_hat, int the smallest integer container (UINT4 two a byte), packed k bit planes."""
+    if fmt == "fake":
+        return 4 * n
+    if fmt == "packed":
+        return bits * ((n + 7) // 8)
+    if bits <= 4 and opset >= 21:
+        return (n + 1) // 2
+    return n if bits <= 8 else 2 * n
+
+
 @dataclass(frozen=True)
 class Format:
     name: str

@@ -87,6 +87,14 @@ def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, pl
                    "bytes_file": len(data), "bytes_gzip": len(gzip.compress(data, compresslevel=9, mtime=0)),
                    "bytes_xz": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))})
     quantized = [r for r in report["tensors"]]
+    from ganq.quantize.formats import code_bytes
+
+    codes = sum(code_bytes(options.format, r.get("params_stored", r["params"]), r["bits"], report["opset"])
+                for r in quantized)
+    stored = sum(r["bytes_stored"] for r in quantized)
+    # the file in three parts: the codes, their decoders, and the rest (floats that are not weights, the graph)
+    report.update({"bytes_codes": int(codes), "bytes_decoders": int(stored - codes),
+                   "bytes_other": int(len(data) - stored)})
     report["bytes_entropy_codes"] = int(sum(np.ceil(r["entropy_bits"] * r.get("params_stored", r["params"]) / 8)
                                             for r in quantized))
     report["ratio_to_fp32"] = report["bytes_file"] / report["bytes_fp32"]
