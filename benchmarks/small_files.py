@@ -38,7 +38,7 @@ def main():
                 for name, kw in VARIANTS.items():
                     out = Path(tmp) / f"{name}.onnx"
                     rep = quantize_file(resolve_model(model), out, QuantizeOptions(bits=bits, granularity="channel",
-                                                                    format="packed", **kw))
+                                                                    format="packed", **kw), sizes=True)
                     row[name] = {"bytes": rep["bytes_file"], "xz": rep["bytes_xz"],
                                  "float16_rms": (rep.get("float16") or {}).get("rms")}
                     if name == "today":

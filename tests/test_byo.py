@@ -171,7 +171,7 @@ def test_a_fixed_batch_is_made_symbolic_where_the_graph_allows_and_run_in_batche
     assert baked.fixed == 1 and "runs it in batches of 1" in err
     for g in (plain, baked):
         a = g.generate(5, seed=3, batch=4)
-        b = np.concatenate([g.generate(5, seed=3, batch=1)])
+        b = g.generate(5, seed=3, batch=1)
         assert a.shape == (5, g.spec.height, g.spec.width, g.spec.channels) and np.array_equal(a, b)
 
 
@@ -311,3 +311,22 @@ def test_fid_of_a_64x64_rgb_generator_against_cifar10_resized(tmp_path_factory):
     e = evaluate(built(tmp_path_factory, "dcgan64"), "cifar10-jpeg", opts=EvalOptions(n=200, k=3), data_root=root)
     assert e["resize"] == {"from": "3x64x64", "to": "3x32x32", "filter": "PIL bicubic, antialiased"}
     assert np.isfinite(e["fid"]) and e["fid"] > 0
+
+
+def test_two_latent_like_inputs_ask_which_is_the_latent(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Concat", ["z", "c"], ["h"], axis=1),
+                           helper.make_node("Reshape", ["h", "shape"], ["image"])], "g",
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2]),
+                           helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 2])],
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 2, 2])],
+                          [onnx.numpy_helper.from_array(np.array([-1, 1, 2, 2], np.int64), "shape")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "t.onnx")
+    for kw in ({}, {"input_name": "z"}):
+        with pytest.raises(GanqError, match="several latent-like inputs .*--input NAME=KIND"):
+            describe(tmp_path / "t.onnx", tmp_path / "t.onnx", **kw)
+    spec = describe(tmp_path / "t.onnx", tmp_path / "t.onnx", input_name="z",
+                    inputs={"c": {"kind": "noise", "shape": [2]}})
+    assert [i.kind for i in spec.all_inputs] == ["latent", "noise"]

@@ -30,7 +30,6 @@ def test_bad_decode_mode_is_one_line(tiny_onnx):
 
 def _layer_then_bn(op: str, **attrs):
     """x -> op (weight W, no bias) -> BatchNormalization -> y, seeded; the op's weight layout as the op table says."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -109,7 +108,8 @@ def test_float16_floats_stay_within_the_stated_tolerance(tiny_onnx, tmp_path, fm
 def test_the_file_in_three_parts_and_its_bounds(tiny_onnx, tmp_path, fmt):
     """codes + decoders + the rest is the file; packed codes are k bit planes; the entropy bound is at most k bits a
     weight; xz is a real compressed size."""
-    rep = quantize_file(tiny_onnx, tmp_path / "q.onnx", QuantizeOptions(bits=3, granularity="channel", format=fmt))
+    rep = quantize_file(tiny_onnx, tmp_path / "q.onnx", QuantizeOptions(bits=3, granularity="channel", format=fmt),
+                        sizes=True)
     assert rep["bytes_codes"] + rep["bytes_decoders"] + rep["bytes_other"] == rep["bytes_file"]
     n = sum(r["params"] for r in rep["tensors"])
     if fmt == "packed":

@@ -29,7 +29,13 @@ def atomic_path(target: str | os.PathLike, replace: bool = True):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the result should look like any written file
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as e:  # a full disk while writing: name the file the user asked for, not the temporary one
+            import errno
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(e.errno, e.strerror, str(target)) from None
+            raise
         if replace:
             os.replace(tmp, target)
         else:
@@ -90,10 +96,7 @@ def glob_escape(name: str) -> str:
 
 def write_bytes_atomic(target, data: bytes, replace: bool = True) -> None:
     with atomic_path(target, replace) as tmp:
-        try:
-            tmp.write_bytes(data)
-        except OSError as e:  # a full disk: name the file the user asked for, not the temporary one
-            raise OSError(e.errno, e.strerror, str(target)) from None
+        tmp.write_bytes(data)
 
 
 def write_text_atomic(target, text: str) -> None:

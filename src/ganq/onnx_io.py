@@ -233,9 +233,11 @@ def infer_inputs(model, given: dict[str, dict], latent_dim: int | None, latent: 
                 kind = "latent"
             elif elem in ("int64", "int32") and len(dims) == 1:
                 kind = "label"
-            elif elem == "float32" and (len(dims) == 2 or (len(dims) == 4 and after[1:] == [1, 1])) and (
-                    input_name is None or latent_seen is False and input_name == vi.name):
-                kind = "latent" if not latent_seen else None
+            elif elem == "float32" and (len(dims) == 2 or (len(dims) == 4 and after[1:] == [1, 1])):
+                if input_name is not None or latent_seen:
+                    raise GanqError(f"{source} has several latent-like inputs ({', '.join(names)}); name the latent "
+                                    "with --input-name and describe the others with --input NAME=KIND")
+                kind = "latent"
             elif elem == "float32" and len(dims) == 4:
                 low = vi.name.lower()
                 kind = "noise" if "noise" in low or after[0] not in (1, 3) else "image"
@@ -246,9 +248,6 @@ def infer_inputs(model, given: dict[str, dict], latent_dim: int | None, latent: 
                                 f"--input {vi.name}=KIND (latent, label, noise, image or const)")
         d["kind"] = kind
         if kind == "latent":
-            if latent_seen and input_name is None and vi.name not in given:
-                raise GanqError(f"{source} has several latent-like inputs ({', '.join(names)}); name the latent "
-                                "with --input-name and describe the others with --input NAME=KIND")
             latent_seen = True
             if "shape" not in d:
                 if len(dims) not in (2, 4):
@@ -476,8 +475,8 @@ def run(model, feed: dict, outputs: list[str] | None = None, quiet: bool = False
 
 # --- inputs -----------------------------------------------------------------------------------------------------
 
-def _draw(rng, prior: str, n: int, dim, truncation: float = 2.0) -> np.ndarray:
-    shape = (n, *dim) if isinstance(dim, tuple) else (n, dim)
+def _draw(rng, prior: str, n: int, dims: tuple, truncation: float = 2.0) -> np.ndarray:
+    shape = (n, *dims)
     if prior == "uniform":
         return rng.uniform(-1, 1, shape).astype(np.float32)
     z = rng.standard_normal(shape)
@@ -497,7 +496,7 @@ def sample_latents(spec: GeneratorSpec, n: int, seed: int, calibration: bool = F
     if lat is None:
         raise GanqError("this generator has no latent input")
     rng = np.random.default_rng([CALIBRATION_TAG, seed] if calibration else seed)
-    return _draw(rng, lat.prior, n, lat.shape if len(lat.shape) > 1 else lat.shape[0], lat.truncation)
+    return _draw(rng, lat.prior, n, lat.shape, lat.truncation)
 
 
 _IMAGES: dict = {}
@@ -518,6 +517,8 @@ def source_images(source: str, split: str, data_root=None) -> np.ndarray:
                     ds = data.load(source, "test", data_root)
                 except GanqError:
                     raise e from None
+                note_once(f"image input source {source} has no train split here; calibration draws from its test "
+                          "split, the one evaluation draws from too")
             else:
                 raise
         _IMAGES[key] = ds.images
@@ -529,8 +530,7 @@ def _draw_images(inp, rng, n: int, calibration: bool, data_root) -> np.ndarray:
 
     lo, hi = inp.range
     if inp.source == "random":
-        x = rng.uniform(lo, hi, (n, *inp.shape)).astype(np.float32)
-        return x
+        return rng.uniform(lo, hi, (n, *inp.shape)).astype(np.float32)
     pool = source_images(inp.source, "train" if calibration else "test", data_root)
     idx = rng.choice(len(pool), n, replace=n > len(pool))
     c, h, w = inp.image_hw
@@ -542,7 +542,7 @@ def _draw_images(inp, rng, n: int, calibration: bool, data_root) -> np.ndarray:
 def draw_input(inp, n: int, rng, calibration: bool = False, data_root=None) -> np.ndarray:
     """n values of one InputSpec (a constant: its value, unbatched)."""
     if inp.kind == "latent":
-        return _draw(rng, inp.prior, n, inp.shape if len(inp.shape) > 1 else inp.shape[0], inp.truncation)
+        return _draw(rng, inp.prior, n, inp.shape, inp.truncation)
     if inp.kind == "label":
         p = None
         if inp.weights:

@@ -141,16 +141,10 @@ def export_ort(model: str | Path, out: str | Path, optimization: str | None = No
             raise GanqError(f"the .ort file's outputs differ from the .onnx file's by {diff:.3g}; nothing written")
         ops = read_operators(cfgs[0])  # this run's list, whatever another run writes meanwhile
         with atomic_path(out, replace=force) as tmp:
-            try:
-                shutil.copyfile(made[0], tmp)
-            except OSError as e:  # a full disk: name the user's file
-                raise OSError(e.errno, e.strerror, str(out)) from None
+            shutil.copyfile(made[0], tmp)
         try:
             with atomic_path(config, replace=force) as tmp:
-                try:
-                    shutil.copyfile(cfgs[0], tmp)
-                except OSError as e:
-                    raise OSError(e.errno, e.strerror, str(config)) from None
+                shutil.copyfile(cfgs[0], tmp)
         except BaseException:  # nothing of this run is left: the .ort goes with its config
             out.unlink(missing_ok=True)
             raise

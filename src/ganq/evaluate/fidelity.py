@@ -1,7 +1,7 @@
 """Fidelity of a generator's images to a reference's on the same inputs (a quantized file against its fp32
 source): PSNR and SSIM on the uint8 images a user sees. SSIM is Wang et al. (2004) with scikit-image's standard
 settings (Gaussian window sigma 1.5 truncated at 3.5 sigma, K1 0.01, K2 0.03, population covariance, data range
-255), the mean over pixels, channels and images; tests/test_byo.py checks it against skimage."""
+255), the mean over pixels, channels and images; tests/test_spec_inputs.py checks it against skimage."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
         out.update(fidelity(fake, want))
         out["reference"] = str(ref.path)
     if per_class:
-        out.update(intra_class(g, net, dataset, opts, data_root, stage))
+        out.update(intra_class(g, net, entry[1], opts, stage))
     out["resize"] = net.resize_note(g.spec.image_shape)
     out["family"] = g.spec.family
     import json as _json
@@ -150,14 +150,11 @@ def check_reference(g, ref, model, reference) -> None:
                         "not the generator this file came from")
 
 
-def intra_class(g, net: FeatureNet, dataset: str, opts: EvalOptions, data_root, stage) -> dict:
+def intra_class(g, net: FeatureNet, ds, opts: EvalOptions, stage) -> dict:
     """FID per class of a conditional generator: the images of label c against the real images of class c (the
     generator's label c is taken as the data set's class c), as many of each as the real split holds of the class
     and at most opts.n / classes; the mean over classes is the intra-class FID."""
-    from ganq import data
-
-    (lab,) = g.spec.inputs_of("label")
-    ds = data.load(dataset, opts.real_split, data_root=data_root)
+    (lab,) = g.spec.inputs_of("label")  # ds: the real split, as the feature cache loaded it
     classes = lab.classes
     per = opts.n // classes
     if per < 10:
@@ -167,7 +164,7 @@ def intra_class(g, net: FeatureNet, dataset: str, opts: EvalOptions, data_root, 
     for c in range(classes):
         have = np.flatnonzero(ds.labels == c)
         if len(have) < 10:
-            raise GanqError(f"{dataset} {opts.real_split} holds {len(have)} images of class {c}; the generator has "
+            raise GanqError(f"{ds.name} {opts.real_split} holds {len(have)} images of class {c}; the generator has "
                             f"{classes} classes")
         m = min(per, len(have))
         real = ds.images[np.sort(np.random.default_rng(opts.seed + c).choice(have, m, replace=False))]

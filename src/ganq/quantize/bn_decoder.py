@@ -16,24 +16,14 @@ import numpy as np
 from onnx import numpy_helper
 
 from ganq.quantize.decoders import Affine, Codebook, Solution, channel_shape
-from ganq.quantize.ops import OPS, attr, consumers
-
-
-def _sole_batchnorm(graph, node):
-    users = consumers(graph).get(node.output[0], [])
-    outputs = {o.name for o in graph.output}
-    if len(users) != 1 or node.output[0] in outputs:
-        return None
-    (bn,) = users
-    return bn if bn.op_type == "BatchNormalization" and bn.input[0] == node.output[0] else None
+from ganq.quantize.ops import OPS, attr, following_batchnorm
 
 
 def fold_into_decoder(edit, node, t, sol: Solution, notes: list[str]) -> Solution:
     """sol with the following BatchNormalization folded into its decoder, the node's bias and the BatchNorm's
     removal staged in `edit` (committed with the rest); sol unchanged (and a note) where it does not apply."""
-    graph = edit.graph
-    bn = _sole_batchnorm(graph, node)
-    if bn is None:
+    bn = following_batchnorm(edit.graph, node)
+    if bn is None or bn.input[0] != node.output[0]:  # read directly, not through shape ops
         return sol
     info = OPS.get(node.op_type)
 

@@ -51,6 +51,7 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
     weights = weight_params(model)
     edit = GraphEdit(model.graph)
     rows, calib, seconds = solve_and_emit(model, options, todo, v, edit, notes)
+    extra = {"bn_into_decoder": len(edit.folds)} if options.bn_into_decoder else {}
     edit.commit()
     f16 = None
     if options.float_bits == 16:
@@ -59,8 +60,9 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         before = onnx.ModelProto.FromString(model.SerializeToString())
         keep = {r["tensor"] for r in rows} if options.format == "fake" else set()  # x_hat stays on its grid
         f16 = {"tensors": to_float16(model, keep), **check_float16(before, model)}
-    report = record(model, options, plan, rows, edit, folded, v, calib, notes, weights,
-                    {"float_bits": 16, "float16": f16} if f16 is not None else None)
+    if f16 is not None:
+        extra.update({"float_bits": 16, "float16": f16})
+    report = record(model, options, plan, rows, edit, folded, v, calib, notes, weights, extra)
     report = dict(report, seconds={k: round(t, 3) for k, t in seconds.items()})
     return model, report
 
@@ -75,20 +77,22 @@ def check_output(src, out, force: bool) -> None:
 
 
 def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, plan: Plan | None = None,
-                  replace: bool = True) -> dict:
-    """Quantize file src into out (atomically); the report gains file and gzip sizes."""
+                  replace: bool = True, sizes: bool = False) -> dict:
+    """Quantize file src into out (atomically); the report gains file and gzip sizes and the file in parts (codes,
+    decoders, the rest) beside the codes' entropy bound; sizes: also xz -9e (over a second for a 3 MB file: the
+    command line and the size benchmark ask for it, the sweep and the mixed search do not)."""
     if Path(out).resolve() == Path(src).resolve():
         raise GanqError(f"{out}: is the input model; write the quantized model elsewhere")
     model, report = quantize_model(load_model(src), options, plan)
     data = save_model(model, out, replace)
-    import lzma
-
     report.update({"source": str(src), "out": str(out), "bytes_source_file": Path(src).stat().st_size,
-                   "bytes_file": len(data), "bytes_gzip": len(gzip.compress(data, compresslevel=9, mtime=0)),
-                   "bytes_xz": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))})
-    quantized = [r for r in report["tensors"]]
+                   "bytes_file": len(data), "bytes_gzip": len(gzip.compress(data, compresslevel=9, mtime=0))})
+    if sizes:
+        import lzma
+        report["bytes_xz"] = len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
     from ganq.quantize.formats import code_bytes
 
+    quantized = report["tensors"]
     codes = sum(code_bytes(options.format, r.get("params_stored", r["params"]), r["bits"], report["opset"])
                 for r in quantized)
     stored = sum(r["bytes_stored"] for r in quantized)

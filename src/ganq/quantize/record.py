@@ -56,8 +56,6 @@ def record(model, options, plan, rows, edit, folded: int, v: int, calib, notes, 
               "tensors": rows}
     if weights is not None:
         report.update(coverage(weights, rows))
-    if options.bn_into_decoder:
-        report["bn_into_decoder"] = sum(1 for n in notes if n.endswith("folded into its decoder and bias"))
     if options.method_opts:
         report["method_opts"] = options.method_config.options()
     if plan.mixed or any(r["bits"] != options.bits for r in rows):

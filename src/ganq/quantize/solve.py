@@ -125,7 +125,8 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
 
 def _row(t, tp, x, sol, method, stored, corrected) -> dict:
     ideal = int(np.ceil(sol.codes.size * tp.bits / 8)) + sol.decoder.nbytes(tp.bits)
-    counts = np.unique(sol.codes, return_counts=True)[1] / sol.codes.size
+    counts = np.bincount(sol.codes.reshape(-1).astype(np.int64)) / sol.codes.size
+    counts = counts[counts > 0]
     row = {"tensor": t.name, "op": t.op_type, "role": t.role, "shape": list(x.shape), "axis": sol.axis,
            "bits": tp.bits, "method": method.name, "method_opts": method.options(),
            "granularity": tp.granularity, "decoder": sol.decoder.kind,

@@ -3,6 +3,7 @@ a cache entry of its own; run here, in a worker process or on a Dask worker alik
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -139,7 +140,7 @@ def run_job(job: Job, ctx: Context) -> dict:
             mixed = None
         net = FeatureNet(job.net, threads=threads)
         gen = Generator(qpath, threads=threads)
-        ref_gen = Generator(job.model.model, threads=threads) if job.bits != FLOAT_BITS else None
+
         fc = FeatureCache(out / "cache" / "features")
         sizes = qrep or _sizes(qpath)
         for r, cell in enumerate(cells):
@@ -149,9 +150,10 @@ def run_job(job: Job, ctx: Context) -> dict:
             real = fc.real(net, job.model.dataset, opts.real_split, s.n, s.seed + r, ctx.data_root)
             t0 = time.perf_counter()
             metrics, images = measure(gen, net, real, opts)
-            if ref_gen is not None:  # fidelity to fp32: the same inputs through the float generator
+            if job.bits != FLOAT_BITS:  # fidelity to fp32: the same inputs through the float generator
                 from ganq.evaluate.fidelity import fidelity
-                metrics.update(fidelity(images, ref_gen.generate(opts.n, opts.seed, opts.batch)))
+                metrics.update(fidelity(images, _fp32_images(str(job.model.model), opts.n, opts.seed, opts.batch,
+                                                             threads)))
             row = {"model": job.model.name, "dataset": job.model.dataset,
                    "bits": round(mixed["avg_bits"], 3) if mixed else job.bits, "kind": "mixed" if mixed else "uniform",
                    "method": job.method, "method_opts": dict(job.opts), "format": s.format,
@@ -175,6 +177,12 @@ def run_job(job: Job, ctx: Context) -> dict:
         p["method"] = job.method
         p["seed"] = s.seed + r
     return {"row": aggregate(per), "grid": got[0][1], "job": job}
+
+
+@functools.lru_cache(maxsize=2)
+def _fp32_images(model: str, n: int, seed: int, batch: int, threads) -> np.ndarray:
+    """The fp32 generator's images at one seed, made once per process for all the cells that compare with them."""
+    return Generator(model, threads=threads).generate(n, seed, batch)
 
 
 def _sizes(qpath: Path) -> dict:
