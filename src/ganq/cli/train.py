@@ -51,7 +51,7 @@ def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar
           label_smoothing: Annotated[float, typer.Option(help="Real label 1-s for the discriminator")] = 0.0,
           dropout: Annotated[Optional[float], typer.Option(help="Dropout in the discriminator "
                                                             "(default 0.3 for fc4, else 0)")] = None,
-          image_size: Annotated[Optional[int], typer.Option(help="Resize folder images to SxS")] = None,
+          image_size: Annotated[Optional[int], typer.Option(help="Resize the images to SxS (PIL bicubic), e.g. 32 for style on Fashion-MNIST")] = None,
           channels: Annotated[Optional[int], typer.Option(help="1 or 3, for folder:PATH data")] = None,
           device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
           resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete epoch")] = False,
@@ -108,7 +108,7 @@ def export(source: Annotated[Path, typer.Argument(help="Run folder or checkpoint
     emit(r, as_json, lambda r: out_console.print(
         f"{r['out']}  {r['spec']['arch']} on {r['spec']['dataset']}, epoch {r['epoch']}"
         f"{' (EMA weights)' if r['weights'] == 'ema' else ''}, opset {r['opset']}, "
-        f"{r['bytes']:,} bytes; parity with PyTorch on {r['n']} latents: max |diff| {r['max_abs_diff']:.2e} "
+        f"{r['bytes']:,} bytes; parity with PyTorch on {r['n']} inputs: max |diff| {r['max_abs_diff']:.2e} "
         f"(limit {PARITY_TOL:g})", highlight=False))
 
 

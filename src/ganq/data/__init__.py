@@ -268,6 +268,11 @@ def load(name: str, split: str = "train", data_root=None, download=None, limit: 
     if limit is not None and limit < len(images):
         keep = balanced_head(labels, limit)
         images, labels = images[keep], labels[keep]
+    n, h, w, c = images.shape
+    if (image_size and (h, w) != (image_size, image_size)) or (channels and channels != c):
+        from ganq.data.resize import resize_images  # e.g. Fashion-MNIST at 32x32 for a 32x32 architecture
+
+        images = resize_images(images, image_size or h, image_size or w, channels or c)
     return Dataset(name, split, np.ascontiguousarray(images), labels, list(classes or entry.classes), str(found))
 
 

@@ -17,19 +17,36 @@ OPSET = 21
 PARITY_TOL = 1e-5
 
 
+def _torch_feed(spec: GeneratorSpec, n: int, seed: int):
+    """(numpy feed by input name, torch arguments in the spec's order) of n calls, image inputs uniform."""
+    import torch
+
+    from ganq.onnx_io import probe_inputs
+
+    if not spec.inputs:  # the one latent: standard normal, as before inputs existed
+        z = np.random.default_rng(seed).standard_normal((n, spec.latent_dim)).astype(np.float32)
+        feed = {spec.input_name: z}
+    else:
+        feed = probe_inputs(spec, n, seed)
+    return feed, tuple(torch.from_numpy(v) for v in feed.values())
+
+
 def to_onnx(g, spec: GeneratorSpec):
-    """A ModelProto of generator g (eval mode): z [N, latent_dim] -> image [N, C, H, W]."""
+    """A ModelProto of generator g (eval mode): the spec's inputs (by default z [N, latent_dim]) -> image
+    [N, C, H, W]; the batch is dynamic on every batched input."""
     import onnx
     import torch
 
     g = g.eval().cpu()
-    z = torch.zeros(2, spec.latent_dim)
+    _, args = _torch_feed(spec, 2, 0)
+    names = [i.name for i in spec.all_inputs]
+    dyn = {i.name: {0: "N"} for i in spec.all_inputs if i.batched}
+    dyn[spec.output_name] = {0: "N"}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(g, (z,), buf, input_names=[spec.input_name], output_names=[spec.output_name],
-                          opset_version=OPSET, dynamo=False,
-                          dynamic_axes={spec.input_name: {0: "N"}, spec.output_name: {0: "N"}})
+        torch.onnx.export(g, args, buf, input_names=names, output_names=[spec.output_name],
+                          opset_version=OPSET, dynamo=False, dynamic_axes=dyn)
     model = onnx.load_from_string(buf.getvalue())
     for dim, value in zip(model.graph.output[0].type.tensor_type.shape.dim[1:], spec.image_shape):
         dim.Clear()
@@ -41,16 +58,16 @@ def to_onnx(g, spec: GeneratorSpec):
 
 
 def parity(g, model, spec: GeneratorSpec, n: int = 256, seed: int = 0) -> float:
-    """Max abs difference between PyTorch (eval) and onnxruntime on n latents."""
+    """Max abs difference between PyTorch (eval) and onnxruntime on n draws of the spec's inputs."""
     import torch
 
     from ganq.onnx_io import session
 
-    z = np.random.default_rng(seed).standard_normal((n, spec.latent_dim)).astype(np.float32)
+    feed, args = _torch_feed(spec, n, seed)
     with torch.no_grad():
-        ref = g.eval()(torch.from_numpy(z)).numpy()
+        ref = g.eval()(*args).numpy()
     sess = session(model)
-    got = sess.run(None, {spec.input_name: z})[0]
+    got = sess.run(None, feed)[0]
     if got.shape != ref.shape:
         raise GanqError(f"ONNX output shape {got.shape} differs from PyTorch's {ref.shape}")
     return float(np.max(np.abs(got - ref)))
@@ -71,11 +88,13 @@ def export(source: str | Path, out: str | Path, n: int = 256, ema: bool = False)
     extra = {"weights": "ema" if ema else "raw", "epoch": int(state["epoch"])}
     if ema:
         extra["ema_decay"] = float(state.get("ema_decay", 0.0))
+    if spec.family == "image-to-image":  # ganq's image-to-image generators are 2x super-resolution
+        extra["ground_truth"] = True
     spec = dataclasses.replace(spec, extra=extra)
     model = to_onnx(g, spec)
     diff = parity(g, model, spec, n=n)
     if not diff <= PARITY_TOL:
-        raise GanqError(f"ONNX differs from PyTorch by {diff:.3g} > {PARITY_TOL:g} on {n} latents; nothing written")
+        raise GanqError(f"ONNX differs from PyTorch by {diff:.3g} > {PARITY_TOL:g} on {n} inputs; nothing written")
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
     return {"out": str(out), "max_abs_diff": diff, "n": n, "epoch": int(state["epoch"]), "opset": OPSET,

@@ -15,6 +15,7 @@ from torch import nn
 from ganq.errors import GanqError
 from ganq.registry import Registry
 from ganq.spec import GeneratorSpec
+from ganq.train import families
 
 
 class Reshape(nn.Module):
@@ -81,12 +82,16 @@ def _cnn3(spec: GeneratorSpec, dropout: float):
         nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
         nn.ConvTranspose2d(64, 32, 4, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
         nn.Conv2d(32, c, 3, 1, 1), nn.Tanh())
-    d = nn.Sequential(
+    return g, cnn3_discriminator(spec, dropout)
+
+
+def cnn3_discriminator(spec: GeneratorSpec, dropout: float) -> nn.Module:
+    c, s = spec.channels, spec.height // 4
+    return nn.Sequential(
         nn.Conv2d(c, 32, 4, 2, 1), nn.LeakyReLU(0.2),
         nn.Conv2d(32, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.LeakyReLU(0.2),
         nn.Conv2d(64, 128, 3, 1, 1), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
         nn.Flatten(), nn.Dropout(dropout), nn.Linear(128 * s * s, 1))
-    return g, d
 
 
 def _dcgan(spec: GeneratorSpec, dropout: float, ngf: int = 64, ndf: int = 64):
@@ -123,6 +128,7 @@ class Arch:
     fits: Callable[[GeneratorSpec], bool]
     shapes: str
     build_fn: Callable
+    family: str = "unconditional"  # a key of ganq.train.families.FAMILIES
 
 
 ARCHS: Registry[Arch] = Registry("architecture")
@@ -140,6 +146,15 @@ register(Arch("cnn3", "3 convolution layers (the study's Fashion-MNIST and CIFAR
               lambda s: s.height == s.width and s.height in (28, 32), "28x28 or 32x32", _cnn3))
 register(Arch("dcgan", "standard DCGAN (Radford et al. 2016), 4 transposed convolutions",
               lambda s: (s.height, s.width) == (32, 32), "32x32", _dcgan))
+register(Arch("cgan", "class-conditional cnn3: label embedding + z, projection discriminator",
+              lambda s: s.height == s.width and s.height in (28, 32), "28x28 or 32x32", families._cgan,
+              "conditional"))
+register(Arch("style", "small StyleGAN2: mapping MLP, modulated convolution, noise inputs, R1",
+              lambda s: s.height == s.width and s.height in (16, 32, 64), "16x16, 32x32 or 64x64 (--image-size 32)",
+              families._style, "style"))
+register(Arch("sr2x", "2x super-resolution: residual trunk, PixelShuffle; L1 + adversarial loss",
+              lambda s: s.height % 2 == 0 and s.width % 2 == 0 and s.height >= 8, "even sides >= 8",
+              families._sr2x, "image-to-image"))
 
 
 def check_fits(arch: str, spec: GeneratorSpec) -> Arch:
@@ -150,9 +165,23 @@ def check_fits(arch: str, spec: GeneratorSpec) -> Arch:
     return a
 
 
-def build(spec: GeneratorSpec, dropout: float = 0.0) -> tuple[Generator, nn.Module]:
-    """(generator, discriminator) for spec.arch, initialised as DCGAN does."""
+def family_of(arch: str) -> "families.Family":
+    return families.FAMILIES[ARCHS.get(arch).family]
+
+
+def build(spec: GeneratorSpec, dropout: float = 0.0) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator) for spec.arch, initialised as its family does: DCGAN's N(0, 0.02) for the
+    DCGAN-style ones (fc4 keeps PyTorch's default), the equalized-learning-rate N(0, 1) for style, PyTorch's default
+    for sr2x."""
     a = check_fits(spec.arch, spec)
+    if a.family != "unconditional":
+        labels = spec.inputs_of("label")
+        g, d = a.build_fn(spec, dropout, classes=labels[0].classes if labels else 0)
+        if a.family == "conditional":
+            g.apply(_dcgan_init)
+            d.apply(_dcgan_init)
+            d.init_projection()
+        return g, d
     g_body, d = a.build_fn(spec, dropout)
     g = Generator(spec, g_body)
     if a.name != "fc4":  # the FC GAN trains from PyTorch's default initialisation

@@ -20,7 +20,8 @@ from ganq._io import atomic_path, write_text_atomic
 from ganq.errors import GanqError, check_range, warn
 from ganq.spec import GeneratorSpec
 from ganq.train import checkpoint
-from ganq.train.archs import build, check_fits
+from ganq.train.archs import build, check_fits, family_of
+from ganq.train.families import R1_EVERY, disc, r1_penalty
 
 RUN_FILE = "run.json"
 LOSS_COLUMNS = ["epoch", "d_loss", "g_loss", "d_real", "d_fake", "images", "seconds", "images_per_s"]
@@ -156,17 +157,18 @@ def latents(n: int, dim: int, kind: str, generator: torch.Generator | None = Non
     return torch.randn(n, dim, generator=generator)
 
 
-def save_grid(g, z: torch.Tensor, path: Path) -> None:
-    """A PNG grid of g(z), drawn in eval mode as the exported generator runs."""
+def save_grid(g, args: list, path: Path) -> None:
+    """A PNG grid of g(*args), drawn in eval mode as the exported generator runs."""
     from torchvision.utils import save_image
 
     was_training = g.training
     g.eval()
     with torch.no_grad():
-        x = g(z).cpu()
+        x = g(*args).cpu()
     g.train(was_training)
     buf = io.BytesIO()
-    save_image(x, buf, format="png", nrow=int(np.ceil(np.sqrt(len(z)))), normalize=True, value_range=(-1, 1))
+    nrow = int(np.ceil(np.sqrt(len(x))))
+    save_image(x, buf, format="png", nrow=nrow, normalize=True, value_range=(-1, 1))
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
 
@@ -287,6 +289,12 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
     spec = GeneratorSpec(latent_dim=config.latent_dim, channels=c, height=h, width=w, latent=config.latent,
                          dataset=config.dataset, arch=config.arch)
     check_fits(config.arch, spec)
+    family = family_of(config.arch)
+    classes = len(ds.classes) or int(ds.labels.max()) + 1
+    if family.needs_labels and classes < 2:
+        raise GanqError(f"{config.dataset}: a conditional generator needs labelled images of 2 or more classes")
+    if family.name != "unconditional":
+        spec = replace(spec, inputs=family.inputs(spec, classes))
     if len(ds.images) < config.batch_size:
         raise GanqError(f"{config.dataset}: {len(ds.images)} images, fewer than one batch of {config.batch_size}")
 
@@ -343,10 +351,19 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
     rows = _read_losses(out / "losses.csv", start_epoch) if resume else []
 
     x_all = _to_tensor(ds.images)
+    y_all = torch.from_numpy(ds.labels.astype(np.int64))
+    lr_all = None
+    if family.needs_lowres:  # the low-resolution inputs, made as ganq makes them at evaluation (PIL bicubic)
+        from ganq.data.resize import resize_images
+
+        lr_all = _to_tensor(resize_images(ds.images, h // 2, w // 2, c))
     del ds
     steps = len(x_all) // config.batch_size  # the last partial batch is dropped: BatchNorm dislikes tiny batches
     per = config.batch_size if ddp is None else config.batch_size // ddp.world
-    fixed_z = latents(config.grid, spec.latent_dim, spec.latent, torch.Generator().manual_seed(config.seed + 1))
+    fixed = family.noise(spec, config.grid, torch.Generator().manual_seed(config.seed + 1), classes)
+    if family.needs_labels:  # the grid's rows are the classes
+        fixed[1] = torch.arange(config.grid) % classes
+    fixed = family.g_args(fixed, lr_all[:config.grid] if lr_all is not None else None)
     real_target = 1.0 - config.label_smoothing
     progress.start(steps * config.epochs, steps * start_epoch, config.batch_size)
 
@@ -369,23 +386,30 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
             zgen = torch.Generator().manual_seed(config.seed * 7919 + epoch)
         t0, sums = time.perf_counter(), np.zeros(4)
         for i in range(steps):
-            real = x_all[perm[i * per:(i + 1) * per]].to(dev)
+            idx = perm[i * per:(i + 1) * per]
+            real = x_all[idx].to(dev)
             if ddp is None:
-                z = latents(len(real), spec.latent_dim, spec.latent).to(dev)
-            else:  # the step's B latents, the same on every process; this process takes its slice
-                z = latents(config.batch_size, spec.latent_dim, spec.latent, zgen)[
-                    ddp.rank * per:(ddp.rank + 1) * per].to(dev)
-            fake = g_run(z)
+                noise = [t.to(dev) for t in family.noise(spec, len(real), None, classes)]
+            else:  # the step's B draws, the same on every process; this process takes its slice
+                noise = [t[ddp.rank * per:(ddp.rank + 1) * per].to(dev)
+                         for t in family.noise(spec, config.batch_size, zgen, classes)]
+            fake = g_run(*family.g_args(noise, lr_all[idx].to(dev) if lr_all is not None else None))
+            real_cond = family.real_cond(y_all[idx].to(dev))
+            fake_cond = family.fake_cond(noise)
 
-            d_real, d_fake = d_run(real).view(-1), d_run(fake.detach()).view(-1)
+            d_real, d_fake = disc(d_run, real, real_cond), disc(d_run, fake.detach(), fake_cond)
             loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, real_target))
                       + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+            if family.r1 and i % R1_EVERY == 0:  # lazy R1 (StyleGAN2): every R1_EVERY steps, weighted by it
+                loss_d = loss_d + family.r1 * R1_EVERY * r1_penalty(d_run, real, real_cond)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
 
-            d_gen = d_run(fake).view(-1)
-            loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))  # non-saturating
+            d_gen = disc(d_run, fake, fake_cond)
+            loss_g = family.adv_weight * F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+            if family.pixel_weight:
+                loss_g = loss_g + family.pixel_weight * F.l1_loss(fake, real)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
@@ -415,7 +439,7 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
         if not main:
             progress.epoch(row)
             continue
-        save_grid(g, fixed_z.to(dev), out / "samples" / f"epoch-{epoch:03d}.png")
+        save_grid(g, [t.to(dev) for t in fixed], out / "samples" / f"epoch-{epoch:03d}.png")
         rng = {"torch": torch.get_rng_state()}
         if dev.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
