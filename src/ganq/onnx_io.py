@@ -539,6 +539,26 @@ def _draw_images(inp, rng, n: int, calibration: bool, data_root) -> np.ndarray:
     return np.ascontiguousarray(x if inp.layout == "NHWC" else x.transpose(0, 3, 1, 2))
 
 
+def ground_truth(spec: GeneratorSpec, n: int, seed: int, data_root=None) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, inputs): the source images that the image input of sample_inputs(spec, n, seed) was made from, at
+    the output's size, and the inputs themselves, both uint8 [n, H, W, C]: the ground truth of a super-resolution
+    (or denoising) generator and the low-resolution images a baseline upsamples. Replays sample_inputs' draw."""
+    from ganq.data.resize import resize_images
+
+    found = [(k, i) for k, i in enumerate(spec.all_inputs) if i.kind == "image"]
+    if len(found) != 1:
+        raise GanqError(f"ground truth needs a generator with one image input; this one has {len(found)}")
+    k, inp = found[0]
+    if inp.source == "random":
+        raise GanqError(f"image input {inp.name} draws random noise (source random): it has no ground truth; give "
+                        f"it a data set source")
+    pool = source_images(inp.source, "test", data_root)
+    idx = np.random.default_rng([seed, k + 1]).choice(len(pool), n, replace=n > len(pool))
+    c, h, w = inp.image_hw
+    return (resize_images(pool[idx], spec.height, spec.width, spec.channels),
+            resize_images(pool[idx], h, w, c))
+
+
 def draw_input(inp, n: int, rng, calibration: bool = False, data_root=None) -> np.ndarray:
     """n values of one InputSpec (a constant: its value, unbatched)."""
     if inp.kind == "latent":

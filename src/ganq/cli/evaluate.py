@@ -33,6 +33,9 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
                  help="The fp32 generator a quantized file came from: PSNR and SSIM to it on the same inputs")] = None,
              per_class: Annotated[bool, typer.Option("--per-class", help="Intra-class FID of a conditional "
                                                      "generator")] = False,
+             ground_truth: Annotated[Optional[bool], typer.Option(
+                 "--ground-truth/--no-ground-truth", help="Image-to-image: PSNR / SSIM to the images the inputs were "
+                 "made from, and bicubic upsampling's (default: on for super-resolution specs)")] = None,
              out: Annotated[Optional[Path], typer.Option(help="Also write the JSON here")] = None,
              force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
              as_json: Annotated[bool, typer.Option("--json")] = False):
@@ -51,7 +54,8 @@ def evaluate(model: Annotated[str, typer.Argument(help="Generator .onnx (or zoo:
             return lambda m: bar.advance(task, m)
 
         r = run_eval(model, dataset, features, opts, data_root=data_root, cache=cache, provider=provider,
-                     threads=threads, progress=stage, reference=reference, per_class=per_class)
+                     threads=threads, progress=stage, reference=reference, per_class=per_class,
+                     ground_truth=ground_truth)
     if out is not None:
         from ganq._io import write_text_atomic
         write_text_atomic(out, json.dumps(r, indent=1) + "\n")

@@ -131,7 +131,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     if mixed is not None:
         _mixed(src, out, opts, mixed, dataset, features, data_root, as_json)
         return
-    report = quantize_file(src, out, opts, replace=force, sizes=True)
+    report = quantize_file(src, out, opts, replace=force, sizes=True, data_root=data_root)
     for note in report.get("notes", []):
         err_console.print(f"note: {note}", markup=False, highlight=False)
     emit(report, as_json, _render_quant)

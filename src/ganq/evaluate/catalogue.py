@@ -35,6 +35,11 @@ EXTRA_METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("psnr_fp32", "PSNR to fp32 (dB)", "PSNR", True, "{:.2f}"),
     Metric("ssim_fp32", "SSIM to fp32", "SSIM", True, "{:.4f}"),
     Metric("intra_fid", "intra-class FID (mean over classes)", "intra-FID", False, "{:.2f}"),
+    Metric("psnr_gt", "PSNR to the ground truth (dB)", "PSNR gt", True, "{:.2f}"),
+    Metric("ssim_gt", "SSIM to the ground truth", "SSIM gt", True, "{:.4f}"),
+    Metric("bicubic_psnr_gt", "bicubic upsampling: PSNR to the ground truth (dB)", "bicubic PSNR", True, "{:.2f}"),
+    Metric("bicubic_ssim_gt", "bicubic upsampling: SSIM to the ground truth", "bicubic SSIM", True, "{:.4f}"),
+    Metric("bicubic_fid", "bicubic upsampling: FID", "bicubic FID", False, "{:.2f}"),
 )}
 
 TARGETS = ("fid", "kid", "precision", "recall", "density", "coverage")  # what --target may name

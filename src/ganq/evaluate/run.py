@@ -14,6 +14,7 @@ from ganq.evaluate import metrics
 from ganq.evaluate.features import FeatureNet
 from ganq.evaluate.options import EvalOptions
 from ganq.evaluate.sources import FeatureCache, default_features, resolve_features
+from ganq.onnx_io import ground_truth
 
 
 def score_steps(n_fake: int, n_real: int, real_sq_radii_given: bool = False) -> int:
@@ -45,10 +46,12 @@ def score(fake_logits, fake_feats, real_logits, real_feats, opts: EvalOptions, r
 def evaluate(model: str | Path, dataset: str | None = None, features: str | Path | None = None,
              opts: EvalOptions | None = None, data_root=None, cache: str | Path | None = None,
              provider: str = "cpu", threads: int | None = None, progress=None, reference: str | Path | None = None,
-             per_class: bool = False) -> dict:
+             per_class: bool = False, ground_truth: bool | None = None) -> dict:
     """Generate opts.n images from `model`, compare with opts.n real images of `dataset` on `features` (images of
     another size or channel count resized, the filter reported). reference: the fp32 generator it came from, for
-    PSNR / SSIM to it on the same inputs; per_class: intra-class FID of a conditional generator.
+    PSNR / SSIM to it on the same inputs; per_class: intra-class FID of a conditional generator; ground_truth: an
+    image-to-image generator's PSNR / SSIM to the source images its inputs were made from (super-resolution), with
+    bicubic upsampling's PSNR, SSIM and FID beside them (None: as the spec's extra says, on for ganq's sr2x).
 
     progress: called as progress(stage, total) when each stage starts (real features, generate, fake features,
     metrics); it returns a callable that is called with the units done as they are done."""
@@ -91,6 +94,10 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
         out["reference"] = str(ref.path)
     if per_class:
         out.update(intra_class(g, net, entry[1], opts, stage))
+    if ground_truth is None:
+        ground_truth = bool(g.spec.extra.get("ground_truth")) and g.spec.family == "image-to-image"
+    if ground_truth:
+        out.update(against_ground_truth(g, net, fake, (real_logits, real_feats), opts, data_root, stage))
     out["resize"] = net.resize_note(g.spec.image_shape)
     out["family"] = g.spec.family
     import json as _json
@@ -139,6 +146,22 @@ def fidelity_only(g, ref, opts: EvalOptions, progress, t0) -> dict:
                 "quantization": json.loads(quant) if quant else None,
                 "seconds": round(time.perf_counter() - t0, 2)})
     return out
+
+
+def against_ground_truth(g, net: FeatureNet, fake, real, opts: EvalOptions, data_root, stage) -> dict:
+    """PSNR / SSIM of the generated images to the images their inputs were made from, and the same for bicubic
+    upsampling of the inputs (PIL's antialiased bicubic, the filter that made them), with its FID."""
+    from ganq.data.resize import resize_images
+    from ganq.evaluate.fidelity import psnr, ssim
+
+    if g.spec.family != "image-to-image":
+        raise GanqError(f"{g.path}: --ground-truth needs an image-to-image generator; its spec has no image input")
+    target, small = ground_truth(g.spec, opts.n, opts.seed, data_root)
+    bicubic = resize_images(small, g.spec.height, g.spec.width, g.spec.channels)
+    _, feats = net(bicubic, opts.batch, stage("bicubic features", opts.n))
+    return {"psnr_gt": psnr(fake, target), "ssim_gt": ssim(fake, target),
+            "bicubic_psnr_gt": psnr(bicubic, target), "bicubic_ssim_gt": ssim(bicubic, target),
+            "bicubic_fid": metrics.fid(feats, real[1])}
 
 
 def check_reference(g, ref, model, reference) -> None:

@@ -29,10 +29,11 @@ from ganq.quantize.record import record
 from ganq.quantize.solve import solve_and_emit
 
 
-def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan | None = None
+def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan | None = None, data_root=None
                    ) -> tuple[onnx.ModelProto, dict]:
     """A quantized copy of model and its report (also stored as the `ganq.quant` metadata). `plan` overrides the
-    one the options describe (it must name this model's tensors)."""
+    one the options describe (it must name this model's tensors); data_root: where calibration looks first for the
+    data set of an image input."""
     notes: list[str] = []
     model, folded, v = prepare(model, options, notes)
     if plan is None:
@@ -50,7 +51,7 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
     check_opset(v, options, todo)
     weights = weight_params(model)
     edit = GraphEdit(model.graph)
-    rows, calib, seconds = solve_and_emit(model, options, todo, v, edit, notes)
+    rows, calib, seconds = solve_and_emit(model, options, todo, v, edit, notes, data_root)
     extra = {"bn_into_decoder": len(edit.folds)} if options.bn_into_decoder else {}
     edit.commit()
     f16 = None
@@ -77,13 +78,13 @@ def check_output(src, out, force: bool) -> None:
 
 
 def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, plan: Plan | None = None,
-                  replace: bool = True, sizes: bool = False) -> dict:
+                  replace: bool = True, sizes: bool = False, data_root=None) -> dict:
     """Quantize file src into out (atomically); the report gains file and gzip sizes and the file in parts (codes,
     decoders, the rest) beside the codes' entropy bound; sizes: also xz -9e (over a second for a 3 MB file: the
     command line and the size benchmark ask for it, the sweep and the mixed search do not)."""
     if Path(out).resolve() == Path(src).resolve():
         raise GanqError(f"{out}: is the input model; write the quantized model elsewhere")
-    model, report = quantize_model(load_model(src), options, plan)
+    model, report = quantize_model(load_model(src), options, plan, data_root)
     data = save_model(model, out, replace)
     report.update({"source": str(src), "out": str(out), "bytes_source_file": Path(src).stat().st_size,
                    "bytes_file": len(data), "bytes_gzip": len(gzip.compress(data, compresslevel=9, mtime=0))})

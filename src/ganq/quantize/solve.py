@@ -30,8 +30,9 @@ def check_data(init: onnx.TensorProto) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def calibrator(model, options: QuantizeOptions, todo, notes):
-    """A Calibrator on the model being quantized when a method needs layer inputs or --recalibrate-bn is on."""
+def calibrator(model, options: QuantizeOptions, todo, notes, data_root=None):
+    """A Calibrator on the model being quantized when a method needs layer inputs or --recalibrate-bn is on
+    (image inputs drawn from their data set's train split, looked up under data_root first)."""
     if not todo or not (options.recalibrate_bn or any(tp.method.calibrated for tp in todo)):
         return None
     from ganq.onnx_io import check_spec, read_spec, sample_inputs
@@ -44,7 +45,7 @@ def calibrator(model, options: QuantizeOptions, todo, notes):
     except GanqError as e:
         raise GanqError(f"{what} draws calibration latents from the generator's prior, which its spec gives: {e}"
                         ) from None
-    feed = sample_inputs(spec, options.calibration, options.calibration_seed, calibration=True)
+    feed = sample_inputs(spec, options.calibration, options.calibration_seed, calibration=True, data_root=data_root)
     return Calibrator(model, spec, feed)
 
 
@@ -71,13 +72,14 @@ def _layer_inputs(graph, t, x, method, options, calib, notes):
         return method, None, None
 
 
-def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdit, notes: list[str]):
+def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdit, notes: list[str],
+                   data_root=None):
     """(the report's per-tensor rows, the Calibrator or None, seconds spent calibrating and solving)."""
     graph = model.graph
     inits = edit.initializers
     fmt = FORMATS.get(options.format)
     rows = []
-    calib = calibrator(model, options, todo, notes)
+    calib = calibrator(model, options, todo, notes, data_root)
     seconds = {"calibrate": 0.0, "solve": 0.0}  # in the returned report only: the file stays deterministic
     for tp in todo:
         test_point("work")

@@ -136,7 +136,7 @@ def run_job(job: Job, ctx: Context) -> dict:
             tag = f"{_file_tag(job)}{'-bn' if s.recalibrate_bn and job.bits != FLOAT_BITS else ''}"
             qpath = out / "models" / f"{job.model.name}-{job.bits}bit{tag}-{s.format}.onnx"
             # 32 bits: a float copy (BatchNorm folded if asked), with the same size report as the others
-            qrep = quantize_file(job.model.model, qpath, _quantize_options(job, s, job.bits))
+            qrep = quantize_file(job.model.model, qpath, _quantize_options(job, s, job.bits), data_root=ctx.data_root)
             mixed = None
         net = FeatureNet(job.net, threads=threads)
         gen = Generator(qpath, threads=threads)

@@ -200,7 +200,7 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
             if all(t.bits == FLOAT_BITS for t in plan.tensors):
                 return path, quantize_file(src, path, replace(options, bits=FLOAT_BITS, format="fake", tensor_bits=(),
                                                               plan_file=None), Plan(()))
-            return path, quantize_file(src, path, options, plan)
+            return path, quantize_file(src, path, options, plan, data_root=data_root)
 
         def run(bits_by_name, opts: EvalOptions, name="p"):
             path, rep = build(bits_by_name, name)
