@@ -131,10 +131,37 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     if mixed is not None:
         _mixed(src, out, opts, mixed, dataset, features, data_root, as_json)
         return
-    report = quantize_file(src, out, opts, replace=force, sizes=True, data_root=data_root)
+    if getattr(opts.method_config, "end_to_end", False):
+        report = _end_to_end(src, out, opts, force, data_root)
+    else:
+        report = quantize_file(src, out, opts, replace=force, sizes=True, data_root=data_root)
     for note in report.get("notes", []):
         err_console.print(f"note: {note}", markup=False, highlight=False)
     emit(report, as_json, _render_quant)
+
+
+def _end_to_end(src, out, opts, force, data_root) -> dict:
+    """quantize_file with a progress bar of the end-to-end training (steps, loss, best held-out loss), shown from
+    the first step on: a model refused before training leaves the one error line alone."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ganq.quantize import quantize_file
+
+    bar = Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}  held-out best {task.fields[best]:.4f}"),
+                   TimeElapsedColumn(), console=err_console)
+    task = None
+
+    def progress(step, steps, loss, best):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("distill", total=steps, loss=loss, best=best)
+        bar.update(task, completed=step, loss=loss, best=best)
+    try:
+        return quantize_file(src, out, opts, replace=force, sizes=True, data_root=data_root, progress=progress)
+    finally:
+        bar.stop()
 
 
 def _mixed(src, out, opts, mixed, dataset, features, data_root, as_json) -> None:

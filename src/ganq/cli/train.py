@@ -118,6 +118,8 @@ def train_classifier_cmd(dataset: Annotated[str, typer.Option(help="Data set to 
                          out: Annotated[Path, typer.Option(help="Output .onnx (logits + features)")],
                          epochs: int = 5, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
                          width: Annotated[int, typer.Option(help="Channels of the first block")] = 32,
+                         arch: Annotated[str, typer.Option(help="cnn (the metrics' feature network) or resnet (an "
+                                                                 "independent judge)")] = "cnn",
                          limit: Annotated[Optional[int], typer.Option(help="Train on the first N images")] = None,
                          data_root: DataRoot = None,
                          download: Annotated[bool, typer.Option("--download")] = False,
@@ -136,7 +138,8 @@ def train_classifier_cmd(dataset: Annotated[str, typer.Option(help="Data set to 
             bar.update(task, total=steps * epochs, completed=(epoch - 1) * steps + step, epoch=epoch, loss=loss)
 
         r = train_classifier(dataset, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit=limit,
-                             data_root=data_root, download=download, width=width, progress=progress)
+                             data_root=data_root, download=download, width=width, progress=progress,
+                             arch=arch)
     emit(r, as_json, lambda r: out_console.print(
         f"{r['out']}  {dataset} classifier, {r['feature_dim']}-d features, test accuracy "
         f"{r['test_accuracy']:.4f} after {epochs} epochs ({r['train_seconds']:.0f} s)", highlight=False))

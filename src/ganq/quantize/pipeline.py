@@ -29,11 +29,11 @@ from ganq.quantize.record import record
 from ganq.quantize.solve import solve_and_emit
 
 
-def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan | None = None, data_root=None
-                   ) -> tuple[onnx.ModelProto, dict]:
+def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan | None = None, data_root=None,
+                   progress=None) -> tuple[onnx.ModelProto, dict]:
     """A quantized copy of model and its report (also stored as the `ganq.quant` metadata). `plan` overrides the
     one the options describe (it must name this model's tensors); data_root: where calibration looks first for the
-    data set of an image input."""
+    data set of an image input; progress: called as progress(step, steps, loss, best) by an end-to-end method."""
     notes: list[str] = []
     model, folded, v = prepare(model, options, notes)
     if plan is None:
@@ -51,8 +51,10 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
     check_opset(v, options, todo)
     weights = weight_params(model)
     edit = GraphEdit(model.graph)
-    rows, calib, seconds = solve_and_emit(model, options, todo, v, edit, notes, data_root)
-    extra = {"bn_into_decoder": len(edit.folds)} if options.bn_into_decoder else {}
+    extra = {}
+    rows, calib, seconds = solve_and_emit(model, options, todo, v, edit, notes, data_root, progress, extra)
+    if options.bn_into_decoder:
+        extra["bn_into_decoder"] = len(edit.folds)
     edit.commit()
     f16 = None
     if options.float_bits == 16:
@@ -63,8 +65,9 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         f16 = {"tensors": to_float16(model, keep), **check_float16(before, model)}
     if f16 is not None:
         extra.update({"float_bits": 16, "float16": f16})
+    timed = extra.pop("_timed", {})
     report = record(model, options, plan, rows, edit, folded, v, calib, notes, weights, extra)
-    report = dict(report, seconds={k: round(t, 3) for k, t in seconds.items()})
+    report = dict(report, seconds={k: round(t, 3) for k, t in seconds.items()}, **timed)
     return model, report
 
 
@@ -78,13 +81,13 @@ def check_output(src, out, force: bool) -> None:
 
 
 def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, plan: Plan | None = None,
-                  replace: bool = True, sizes: bool = False, data_root=None) -> dict:
+                  replace: bool = True, sizes: bool = False, data_root=None, progress=None) -> dict:
     """Quantize file src into out (atomically); the report gains file and gzip sizes and the file in parts (codes,
     decoders, the rest) beside the codes' entropy bound; sizes: also xz -9e (over a second for a 3 MB file: the
     command line and the size benchmark ask for it, the sweep and the mixed search do not)."""
     if Path(out).resolve() == Path(src).resolve():
         raise GanqError(f"{out}: is the input model; write the quantized model elsewhere")
-    model, report = quantize_model(load_model(src), options, plan, data_root)
+    model, report = quantize_model(load_model(src), options, plan, data_root, progress)
     data = save_model(model, out, replace)
     report.update({"source": str(src), "out": str(out), "bytes_source_file": Path(src).stat().st_size,
                    "bytes_file": len(data), "bytes_gzip": len(gzip.compress(data, compresslevel=9, mtime=0))})

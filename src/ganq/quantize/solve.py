@@ -73,8 +73,12 @@ def _layer_inputs(graph, t, x, method, options, calib, notes):
 
 
 def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdit, notes: list[str],
-                   data_root=None):
-    """(the report's per-tensor rows, the Calibrator or None, seconds spent calibrating and solving)."""
+                   data_root=None, progress=None, extra: dict | None = None):
+    """(the report's per-tensor rows, the Calibrator or None, seconds spent calibrating and solving). Every tensor
+    is solved first; an end-to-end method (distill) then refines all of its tensors together (its record goes into
+    extra["distill"]); then each is emitted in the format."""
+    extra = {} if extra is None else extra
+    solved = []
     graph = model.graph
     inits = edit.initializers
     fmt = FORMATS.get(options.format)
@@ -108,6 +112,19 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
                 corrected = correct(edit, node, t, x, calib.weights[t.name], stats, calib, notes)
         seconds["calibrate"] += (t1 - t0) + (time.perf_counter() - t2)
         seconds["solve"] += t2 - t1
+        solved.append((t, tp, x, sol, method, corrected))
+    e2e = [i for i, item in enumerate(solved) if getattr(item[1].method, "end_to_end", False)]
+    if e2e:
+        t0 = time.perf_counter()
+        refined, rec = end_to_end(model, solved[e2e[0]][1].method, [solved[i] for i in e2e], data_root, progress)
+        for i, sol in zip(e2e, refined):
+            solved[i] = solved[i][:3] + (sol,) + solved[i][4:]
+        seconds["train"] = time.perf_counter() - t0
+        # the file holds what makes it (deterministic for a seed); the times go in the returned report only
+        extra["distill"] = {k: v for k, v in rec.items() if k not in ("seconds", "curve")}
+        extra["distill"]["heldout_curve"] = [[c["step"], c["heldout"]] for c in rec["curve"]]
+        extra.setdefault("_timed", {})["distill_curve"] = rec["curve"]
+    for t, tp, x, sol, method, corrected in solved:
         if sol.split and method.rewrites_input:
             users = [n for n in graph.node if t.name in n.input]
             if t.consumers != 1 or len(users) != 1:
@@ -123,6 +140,37 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
             edit.removed.add(t.name)
         rows.append(_row(t, tp, x, sol, method, stored, corrected))
     return rows, calib, seconds
+
+
+def end_to_end(model, method, items, data_root, progress):
+    """The refined Solutions of items [(t, tp, x, sol, method, corrected)] from the method's torch engine (named by
+    method.engine, imported only here: the deploy side never imports torch), and its record."""
+    import importlib
+
+    from ganq.onnx_io import read_spec
+    from ganq.quantize.decoders import Affine, Solution
+
+    spec = read_spec(model)
+    tensors = []
+    for t, tp, x, sol, m, _ in items:
+        if not isinstance(sol.decoder, Affine) or sol.split:
+            raise GanqError(f"method {method.name}: {t.name}'s start ({m.name}) is not a plain affine grid")
+        d = sol.decoder
+        tensors.append({"name": t.name, "codes": sol.codes, "scale": d.scale, "offset": d.offset,
+                        "zero_point": d.zero_point, "bits": sol.bits})
+    module, _, fn = method.engine.partition(":")
+    refine = getattr(importlib.import_module(module), fn)
+    out, rec = refine(model, spec, tensors, method.options(), data_root=data_root, progress=progress)
+    sols = []
+    for (t, tp, x, sol, m, _), r in zip(items, out):
+        d = sol.decoder
+        codes = r["codes"].astype(sol.codes.dtype)
+        dec = Affine(r["scale"].reshape(d.scale.shape) if r["scale"].size == d.scale.size else r["scale"],
+                     r["offset"].reshape(d.offset.shape) if r["offset"].size == d.offset.size else r["offset"],
+                     np.broadcast_to(d.zero_point, np.broadcast_shapes(d.zero_point.shape, r["scale"].shape))
+                     .astype(d.zero_point.dtype) if r["scale"].size != d.scale.size else d.zero_point)
+        sols.append(Solution(codes, dec, sol.bits, sol.axis, info={**(sol.info or {}), "distilled": True}))
+    return sols, rec
 
 
 def _row(t, tp, x, sol, method, stored, corrected) -> dict:

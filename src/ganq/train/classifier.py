@@ -40,6 +40,40 @@ class Classifier(nn.Module):
         return self.head(f), f
 
 
+class ResClassifier(nn.Module):
+    """The independent judge: another architecture than Classifier (a stem, three residual stages with stride-2
+    downsampling, global average pooling), so that a loss computed on one network's features is judged on the
+    other's. Same outputs: (logits, `feature_dim` ReLU features)."""
+
+    def __init__(self, channels: int, classes: int, size: int, width: int = 32, feature_dim: int = 128):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.stages = nn.Sequential(_ResBlock(w, w, 1), _ResBlock(w, 2 * w, 2), _ResBlock(2 * w, 4 * w, 2))
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(4 * w, feature_dim), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(feature_dim, classes))
+
+    def forward(self, x):
+        h = self.stages(self.stem(x)).mean((2, 3), keepdim=True)
+        f = self.body(h)
+        return self.head(f), f
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (nn.Identity() if stride == 1 and cin == cout else
+                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x):
+        return F.relu(self.c2(self.c1(x)) + self.skip(x))
+
+
+CLASSIFIERS = {"cnn": Classifier, "resnet": ResClassifier}
+
+
 def _augment(x: torch.Tensor, flip: bool, gen: torch.Generator) -> torch.Tensor:
     # random shifts of up to 2 pixels (pad + crop) and, for natural images, horizontal flips
     n, _, h, w = x.shape
@@ -63,13 +97,16 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
 
 def train_classifier(dataset: str, out: str | Path, epochs: int = 5, batch_size: int = 128, lr: float = 2e-3,
                      seed: int = 0, limit: int | None = None, data_root=None, download: bool = False,
-                     width: int = 32, progress=None) -> dict:
-    """Train the classifier on the train split, measure test accuracy, export to ONNX at `out`."""
+                     width: int = 32, progress=None, arch: str = "cnn") -> dict:
+    """Train the classifier on the train split, measure test accuracy, export to ONNX at `out`. arch: cnn (the
+    metrics' default feature network) or resnet (the independent judge of a loss that used the first)."""
     from ganq.errors import check_range
 
     check_range("--epochs", epochs, 1, 10_000)
     check_range("--batch-size", batch_size, 2, 65_536)
     check_range("--width", width, 1, 1024)
+    if arch not in CLASSIFIERS:
+        raise GanqError(f"--arch must be one of {', '.join(CLASSIFIERS)}, got {arch!r}")
     if not (isinstance(lr, (int, float)) and 0 < lr <= 1):
         raise GanqError(f"--lr must be in (0, 1], got {lr}")
     import onnx
@@ -81,7 +118,7 @@ def train_classifier(dataset: str, out: str | Path, epochs: int = 5, batch_size:
     classes = train_ds.classes or [str(i) for i in range(int(train_ds.labels.max()) + 1)]
     c, h, w = train_ds.shape_chw
     torch.manual_seed(seed)
-    model = Classifier(c, len(classes), h, width)
+    model = CLASSIFIERS[arch](c, len(classes), h, width)
     x, y = _to_tensor(train_ds.images), torch.from_numpy(train_ds.labels)
     xt, yt = _to_tensor(test_ds.images), torch.from_numpy(test_ds.labels)
     flip = c == 3  # digits and clothes are not mirror-symmetric classes; natural images are
@@ -120,7 +157,8 @@ def train_classifier(dataset: str, out: str | Path, epochs: int = 5, batch_size:
     info = {"kind": "classifier", "dataset": dataset, "image_shape": [c, h, w], "input_range": [-1.0, 1.0],
             "feature_dim": model.head[1].in_features, "classes": classes,
             "test_accuracy": history[-1]["test_accuracy"], "epochs": epochs, "seed": seed,
-            "train_images": int(len(x)), "train_seconds": round(seconds, 1), "width": width}
+            "train_images": int(len(x)), "train_seconds": round(seconds, 1), "width": width,
+            "arch": arch}
     write_metadata(proto, META_FEATURES, json.dumps(info, sort_keys=True))
     proto.producer_name = "ganq"
     onnx.checker.check_model(proto, full_check=True)

@@ -236,6 +236,7 @@ def prepare(x: np.ndarray, axis: int | None):
     return x, axis, rows(x, axis)
 
 
-from ganq.quantize.methods import (minmax, symmetric, mse, aciq, log2, tanh, em, kmeans, ocs, gptq, adaround)  # noqa: E402,F401,I001
+from ganq.quantize.methods import (minmax, symmetric, mse, aciq, log2, tanh, em, kmeans, ocs, gptq, adaround,  # noqa: E402,F401,I001
+                                   distill)
 
 __all__ = ["METHODS", "Method", "SolveContext", "make_method", "parse_method_opts", "register"]
