@@ -189,3 +189,37 @@ def test_cli_refusals_write_nothing(tiny_onnx, tiny_classifier, tmp_path):
 def test_feature_loss_with_a_feature_network(tiny_onnx, tiny_classifier):
     _, rep = quantize_model(load_model(tiny_onnx), _opts(steps=10, lam=1, features=tiny_classifier[0]))
     assert "feature MSE" in rep["distill"]["loss"] and np.isfinite(rep["distill"]["heldout_best"])
+
+
+def test_sweep_with_distill_keeps_the_other_methods_cache(tiny_onnx, tiny_classifier, toy_data_root, tmp_path):
+    from ganq.evaluate import EvalOptions
+    from ganq.study import Execution, SweepSettings, sweep
+
+    def run(methods):
+        s = SweepSettings(bits=(32, 3), n=60, speed=False, eval=EvalOptions(n=60, kid_subset_size=30),
+                          methods=methods)
+        return sweep([str(tiny_onnx)], s, tmp_path / "o", dataset="mnist", features=str(tiny_classifier[0]),
+                     data_root=toy_data_root, execution=Execution(1, None))
+
+    run(("mse",))
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o" / "cache").glob("*.npz")}
+    r = run(("mse", "distill[steps=10;batch=8;holdout=32;every=5]"))
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o" / "cache").glob("*.npz")}
+    assert all(after[k] == v for k, v in before.items())  # mse's cells and the fp32 row: read, not recomputed
+    assert len(after) == len(before) + 1
+    rows = [row for row in r["rows"] if row.get("method", "").startswith("distill")]
+    assert rows and np.isfinite(rows[0]["fid"])
+
+
+def test_mixed_precision_with_distill(tiny_onnx, tiny_classifier, toy_data_root, tmp_path):
+    from ganq.study.mixed import MixedOptions, mixed_quantize
+
+    opts = QuantizeOptions(bits=2, method="distill", method_opts=FAST, granularity="channel", format="packed")
+    mixed = MixedOptions(bits_choices=(2, 4, 8), proxy_n=100, verify_n=100, target="fid=1.5", max_rounds=2)
+    r = mixed_quantize(tiny_onnx, tmp_path / "m.onnx", opts, mixed, dataset="mnist",
+                       features=str(tiny_classifier[0]), data_root=toy_data_root, compare_uniform=False)
+    assert r["verified"]["fid"] <= 1.5 * r["fp32"]["fid"] and r["rounds"][-1]["meets"]
+    from ganq.onnx_io import META_QUANT, read_metadata
+    import json
+    meta = json.loads(read_metadata(onnx.load(str(tmp_path / "m.onnx")))[META_QUANT])
+    assert "distill" in meta and {t["method"] for t in meta["tensors"]} == {"distill"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,13 +195,20 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
     with tempfile.TemporaryDirectory(prefix="ganq-mixed-") as tmp, _naming(Path(tmp), src):
         tmp = Path(tmp)
 
-        def build(bits_by_name, name):
+        # an end-to-end method (distill) trains the whole network per file: the per-layer sensitivities are its
+        # init's (a one-layer file is the init there anyway), the plans are built and verified with it
+        e2e = getattr(options.method_config, "end_to_end", False)
+        layer_options = replace(options, method=options.method_config.init, method_opts=()) if e2e else options
+
+        def build(bits_by_name, name, opts=options):
             path = tmp / f"{name}.onnx"
             plan = plan_of(bits_by_name)
             if all(t.bits == FLOAT_BITS for t in plan.tensors):
                 return path, quantize_file(src, path, replace(options, bits=FLOAT_BITS, format="fake", tensor_bits=(),
                                                               plan_file=None), Plan(()))
-            return path, quantize_file(src, path, options, plan, data_root=data_root)
+            if opts is not options:
+                plan = Plan(tuple(replace(t, method=opts.method_config) for t in plan.tensors))
+            return path, quantize_file(src, path, opts, plan, data_root=data_root)
 
         def run(bits_by_name, opts: EvalOptions, name="p"):
             path, rep = build(bits_by_name, name)
@@ -213,7 +221,7 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
         for i, t in enumerate(layers):
             row = {"tensor": t.target.name, "op": t.target.op_type, "params": None, "by_bits": {}}
             for b in mixed.bits_choices:
-                path, rep = build({t.target.name: b}, f"l{i}-{b}")
+                path, rep = build({t.target.name: b}, f"l{i}-{b}", layer_options)
                 tr = next(r for r in rep["tensors"] if r["tensor"] == t.target.name)
                 row["params"] = tr["params"]
                 row["by_bits"][b] = {"bytes": tr["bytes_stored"], "file": path}
@@ -275,6 +283,31 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
                 break
             _, i = max(cand)
             choice[i] = mixed.bits_choices[mixed.bits_choices.index(choice[i]) + 1]
+        if e2e and mixed.target is not None and rounds[-1]["meets"]:
+            # the distilled file beats its init's prediction: narrow the layer that loses least by it, while the
+            # verified file still meets the target
+            kept = (dict(bits), rep)
+            for _ in range(mixed.max_rounds):
+                cand = [(r["by_bits"][mixed.bits_choices[mixed.bits_choices.index(b) - 1]]["loss"]
+                         - r["by_bits"][b]["loss"], i) for i, (r, b) in enumerate(zip(table, choice))
+                        if b != mixed.bits_choices[0]]
+                if not cand:
+                    break
+                _, i = min(cand)
+                trial = list(choice)
+                trial[i] = mixed.bits_choices[mixed.bits_choices.index(choice[i]) - 1]
+                tbits = {r["tensor"]: b for r, b in zip(table, trial)}
+                trep, tev = run(tbits, full, "narrow")
+                tick("verify")
+                ok = _meets(name, tev[name], full_fp32[name], mixed.ratio)
+                rounds.append({"bits": dict(tbits), name: tev[name], "bytes_file": trep["bytes_file"], "meets": ok,
+                               "narrowed": True})
+                if not ok:
+                    break
+                choice, kept = trial, (tbits, trep)
+                shutil.copyfile(tmp / "narrow.onnx", tmp / "mixed.onnx")
+            bits, rep = kept
+            rounds.append(dict(next(r for r in reversed(rounds) if r["meets"]), kept=True))
         if not rounds[-1]["meets"]:
             got = rounds[-1]
             if mixed.target is not None:
