@@ -41,8 +41,8 @@ def main():
     ap.add_argument("--bits", default="3,2")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--losses", default="pixel,feature", help="pixel: output MSE; feature: + 1 x classifier features")
-    ap.add_argument("--layerwise", default="adaround[recalibrate_bn]",
-                    help="the layer-wise row: METHOD or METHOD[recalibrate_bn]; '' for none")
+    ap.add_argument("--layerwise", default="adaround[grid=mse]+bn",
+                    help="the layer-wise row: METHOD[k=v;...] with +bn for --recalibrate-bn; '' for none")
     ap.add_argument("--steps", type=int, default=0, help="distill steps (0: the method's default)")
     ap.add_argument("--curve", default="", help="minutes budgets, e.g. 1,2,5,10 (steps then unlimited)")
     ap.add_argument("--judge", default=None, help="the independent feature network")
@@ -82,8 +82,11 @@ def main():
     save()
     for bits in (int(b) for b in a.bits.split(",")):
         if a.layerwise and not a.curve:
-            m, recal = a.layerwise.split("[")[0], "recalibrate_bn" in a.layerwise
-            one(bits, m, {}, a.layerwise, recal=recal)
+            from ganq.study import parse_method_spec
+
+            spec, recal = (a.layerwise[:-3], True) if a.layerwise.endswith("+bn") else (a.layerwise, False)
+            m, mopts = parse_method_spec(spec)
+            one(bits, m, dict(mopts), a.layerwise, recal=recal)
         for loss in a.losses.split(","):
             opts = dict(th)
             if loss == "feature":

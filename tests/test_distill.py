@@ -223,3 +223,8 @@ def test_mixed_precision_with_distill(tiny_onnx, tiny_classifier, toy_data_root,
     import json
     meta = json.loads(read_metadata(onnx.load(str(tmp_path / "m.onnx")))[META_QUANT])
     assert "distill" in meta and {t["method"] for t in meta["tensors"]} == {"distill"}
+
+
+def test_activation_term(tiny_onnx):
+    _, rep = quantize_model(load_model(tiny_onnx), _opts(steps=10, act=1))
+    assert "activation MSE" in rep["distill"]["loss"] and np.isfinite(rep["distill"]["heldout_best"])

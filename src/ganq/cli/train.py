@@ -43,7 +43,8 @@ class _TrainBar:
 @app.command()
 @handles_errors
 def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar10, cifar10-jpeg or folder:PATH")],
-          arch: Annotated[str, typer.Option(help="fc4, cnn5, cnn3 or dcgan")],
+          arch: Annotated[str, typer.Option(help="fc4, cnn5, cnn3, dcgan (unconditional), cgan (conditional), style "
+                                                 "(StyleGAN2-like, 32x32) or sr2x (2x super-resolution)")],
           out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, samples/, losses.csv, run.json")],
           epochs: int = 1, batch_size: int = 64, lr: float = 2e-4,
           latent_dim: int = 100, seed: int = 0,
@@ -51,7 +52,8 @@ def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar
           label_smoothing: Annotated[float, typer.Option(help="Real label 1-s for the discriminator")] = 0.0,
           dropout: Annotated[Optional[float], typer.Option(help="Dropout in the discriminator "
                                                             "(default 0.3 for fc4, else 0)")] = None,
-          image_size: Annotated[Optional[int], typer.Option(help="Resize the images to SxS (PIL bicubic), e.g. 32 for style on Fashion-MNIST")] = None,
+          image_size: Annotated[Optional[int], typer.Option(
+              help="Resize the images to SxS (PIL bicubic), e.g. 32 for style on Fashion-MNIST")] = None,
           channels: Annotated[Optional[int], typer.Option(help="1 or 3, for folder:PATH data")] = None,
           device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
           resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete epoch")] = False,

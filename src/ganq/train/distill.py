@@ -77,15 +77,19 @@ class _Runner:
         self.fixed = fixed_batch(model, spec)
         self.batched = {i.name for i in spec.all_inputs if i.batched}
 
-    def __call__(self, feed: dict, replace=None) -> torch.Tensor:
+    def __call__(self, feed: dict, replace=None, taps: list[str] = ()) -> torch.Tensor | list:
+        """The output (and, with taps, [output, *the tapped values])."""
+        names = [self.output, *taps]
         n = len(next(v for k, v in feed.items() if k in self.batched))
         if not self.fixed or self.fixed == n:
-            return self.net(feed, replace, [self.output])[0]
-        if n % self.fixed:
-            raise GanqError(f"distill: batch {n} is not a multiple of the model's fixed batch {self.fixed}")
-        parts = [self.net({k: (v[i:i + self.fixed] if k in self.batched else v) for k, v in feed.items()}, replace,
-                          [self.output])[0] for i in range(0, n, self.fixed)]
-        return torch.cat(parts)
+            got = self.net(feed, replace, names)
+        else:
+            if n % self.fixed:
+                raise GanqError(f"distill: batch {n} is not a multiple of the model's fixed batch {self.fixed}")
+            parts = [self.net({k: (v[i:i + self.fixed] if k in self.batched else v) for k, v in feed.items()},
+                              replace, names) for i in range(0, n, self.fixed)]
+            got = [torch.cat(p) for p in zip(*parts)]
+        return got if taps else got[0]
 
 
 class _Features:
@@ -150,7 +154,8 @@ def refine(model: onnx.ModelProto, spec: GeneratorSpec, tensors: list[dict], cfg
     if missing:
         raise GanqError(f"method distill: tensors {', '.join(missing[:3])} are not initializers of the graph")
     feat = _Features(_feature_path(cfg["features"]), spec) if cfg.get("lam", 0) > 0 else None
-    lam = float(cfg.get("lam", 0.0))
+    lam, act = float(cfg.get("lam", 0.0)), float(cfg.get("act", 0.0))
+    taps = [n[2][0] for n in run.net.nodes if n[0] in WEIGHT_OPS and n[2][0] != spec.output_name] if act else []
 
     batch, steps, every = int(cfg["batch"]), int(cfg["steps"]), int(cfg["every"])
     fb = run.fixed
@@ -165,19 +170,28 @@ def refine(model: onnx.ModelProto, spec: GeneratorSpec, tensors: list[dict], cfg
         var_out = float(hold_t.var()) or 1.0
         hold_ft = _batched_features(feat, hold_t, 256) if feat is not None else None
         var_feat = float(hold_ft.var()) or 1.0 if hold_ft is not None else 1.0
+        var_taps = [float(t.var()) or 1.0 for t in run(_slice(hold, spec, 256), None, taps)[1:]] if taps else []
 
-    def loss_of(out, teacher, f_out=None, f_teacher=None):
+    def loss_of(out, teacher, f_out=None, f_teacher=None, a_out=(), a_teacher=()):
         loss = F.mse_loss(out, teacher) / var_out
         if f_out is not None:
             loss = loss + lam * F.mse_loss(f_out, f_teacher) / var_feat
+        if a_out:
+            loss = loss + act * sum(F.mse_loss(a, b) / v for a, b, v in zip(a_out, a_teacher, var_taps)) / len(a_out)
         return loss
 
     def heldout() -> float:
+        """The held-out loss: the same terms as training's, the activations' on the first 256 inputs."""
         with torch.no_grad():
             replace = {q.name: q() for q in qs}
             out = _batched(run, hold, spec, replace, 256)
             f = _batched_features(feat, out, 256) if feat is not None else None
-            return float(loss_of(out, hold_t, f, hold_ft))
+            loss = loss_of(out, hold_t, f, hold_ft)
+            if taps:
+                first = _slice(hold, spec, 256)
+                a_s, a_t = run(first, replace, taps)[1:], run(first, None, taps)[1:]
+                loss = loss + act * sum(F.mse_loss(a, b) / v for a, b, v in zip(a_s, a_t, var_taps)) / len(a_s)
+            return float(loss)
 
     lr = float(cfg["lr"])
     # the codes move at lr (in code units); the grid at GRID_LR x lr (a log-scale step of 0.01 is 1% of the range)
@@ -202,11 +216,11 @@ def refine(model: onnx.ModelProto, spec: GeneratorSpec, tensors: list[dict], cfg
                 g["lr"] = g["scale"] * lr * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
         feed = _feeds(spec, batch, STEP_SEED + int(cfg["seed"]) * 1_000_003 + step, data_root)
         with torch.no_grad():
-            teacher = run(feed)
+            teacher, *a_teacher = run(feed, None, taps) if taps else [run(feed)]
             f_teacher = feat(teacher) if feat is not None else None
         if opt is not None:
-            out = run(feed, {q.name: q() for q in qs})
-            loss = loss_of(out, teacher, feat(out) if feat is not None else None, f_teacher)
+            out, *a_out = run(feed, {q.name: q() for q in qs}, taps) if taps else [run(feed, {q.name: q() for q in qs})]
+            loss = loss_of(out, teacher, feat(out) if feat is not None else None, f_teacher, a_out, a_teacher)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -224,10 +238,19 @@ def refine(model: onnx.ModelProto, spec: GeneratorSpec, tensors: list[dict], cfg
         best_state = [{"codes": t["codes"], "scale": t["scale"], "offset": t["offset"]} for t in tensors]
     record = {"init": cfg["init"], "steps_run": step, "stopped_by": stopped, "best_step": best_step,
               "heldout_init": init_loss, "heldout_best": best, "heldout_n": hold_n, "batch": batch,
-              "loss": "output MSE / var" + (f" + {lam:g} x feature MSE / var" if feat is not None else ""),
+              "loss": "output MSE / var" + (f" + {lam:g} x feature MSE / var" if feat is not None else "")
+              + (f" + {act:g} x mean activation MSE / var ({len(taps)} weight ops)" if taps else ""),
               "features": cfg.get("features") or None, "batchnorm": "kept as trained",
               "rebuild_max_abs_diff": worst, "seconds": round(time.perf_counter() - t_start, 2), "curve": curve}
     return [{"name": t["name"], **s} for t, s in zip(tensors, best_state)], record
+
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _slice(feed, spec, n):
+    batched = {i.name for i in spec.all_inputs if i.batched}
+    return {k: (v[:n] if k in batched else v) for k, v in feed.items()}
 
 
 def _batched(run, feed, spec, replace, size):

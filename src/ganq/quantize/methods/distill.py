@@ -5,7 +5,8 @@ for the whole network, so distill starts from another method's grid (`init`, def
 quantized network: hard k-bit codes in every forward pass through the straight-through estimator (Bengio et al.
 2013), the per-channel (or per-tensor) scale and offset learned with them (as LSQ, Esser et al. 2020, learns the
 step), on fresh inputs drawn from the spec every step; loss = output MSE to the fp32 output (normalised by its
-variance), optionally + lam x the feature error of a feature network (`features=`, normalised likewise). The
+variance), optionally + lam x the feature error of a feature network (`features=`, normalised likewise) and
++ act x the mean normalised error of the outputs of every weight op (Conv, ConvTranspose, Gemm, MatMul). The
 learning rate decays (cosine); the state kept is the best by the same loss on a fixed held-out set of calibration
 inputs (never an evaluation's), checked every `every` steps, the init included, so distill is never worse than its
 init on that set. BatchNorm statistics stay as trained (re-estimating them after end-to-end training made FID 4-5x
@@ -39,11 +40,12 @@ class Distill(Method):
     conflicts = {"recalibrate_bn": "distill keeps BatchNorm as trained; re-estimating it after end-to-end training "
                                    "made FID 4-5x worse"}
     init: str = "mse"
-    steps: int = option(300, 1, 1_000_000)
+    steps: int = option(1000, 1, 1_000_000)
     batch: int = option(64, 2, 4096)
     lr: float = option(0.02, 0.0, 1.0)
     lam: float = option(0.0, 0.0, 1000.0)
     features: str = ""
+    act: float = option(0.0, 0.0, 1000.0)  # weight of the intermediate-activation term (outputs of the weight ops)
     every: int = option(20, 1, 100_000)
     holdout: int = option(512, 16, 100_000)
     minutes: float = option(0.0, 0.0, 1440.0, note=" (0: no time budget; with one the file depends on the machine)")
