@@ -5,6 +5,8 @@ checked against it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,19 @@ def test_style_resolutions_and_noise_inputs():
     g, d = build(spec)
     noise = families.FAMILIES["style"].noise(spec, 2, torch.Generator().manual_seed(0), 0)
     assert g(*noise).shape == (2, 1, 32, 32) and d(g(*noise)).shape == (2, 1)
+
+
+def test_sweep_reports_each_familys_metrics(toy_data_root, tmp_path_factory, tiny_classifier, tmp_path):
+    from ganq.evaluate import EvalOptions
+    from ganq.study import Execution, SweepSettings, sweep
+
+    paths = [str(trained(a, toy_data_root, tmp_path_factory)[1]) for a in ("cgan", "sr2x")]
+    s = SweepSettings(bits=(32, 4), n=100, speed=False, eval=EvalOptions(n=100, kid_subset_size=50))
+    r = sweep(paths, s, tmp_path / "o", dataset="mnist", features=str(tiny_classifier[0]), data_root=toy_data_root,
+              execution=Execution(1, None))
+    by = {(Path(x["file"]).name.split("-")[0] if x["bits"] != 32 else x["model"], x["bits"]): x for x in r["rows"]}
+    cgan = [x for x in r["rows"] if x["model"] == "cgan"]
+    sr = [x for x in r["rows"] if x["model"] == "sr2x"]
+    assert cgan and sr and by
+    assert all(np.isfinite(x["intra_fid"]) and x.get("psnr_gt") is None for x in cgan)
+    assert all(0 < x["psnr_gt"] <= 100 and 0 < x["ssim_gt"] <= 1 and x.get("intra_fid") is None for x in sr)

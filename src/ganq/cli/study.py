@@ -74,11 +74,12 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
         from ganq.report.analysis import float_row
         from ganq.report.pages import bits_label, stat
 
-        keys = ("inception_score", "fid", "precision", "recall") + (
-            ("psnr_fp32",) if any(x.get("psnr_fp32") is not None for x in r["rows"]) else ())
+        keys = ("inception_score", "fid", "precision", "recall") + tuple(
+            k for k in ("intra_fid", "psnr_gt", "psnr_fp32") if any(x.get(k) is not None for x in r["rows"]))
         show_method = any(x["method"] not in ("minmax", "fp32") for x in r["rows"])
         rows = [[x["model"]] + ([x["method"]] if show_method else []) + [bits_label(x)]
-                + [stat(x, k, float_row(r["rows"], x["model"]) if k != "psnr_fp32" else None) for k in keys]
+                + [stat(x, k, float_row(r["rows"], x["model"]) if k not in ("psnr_fp32", "psnr_gt") else None)
+                   for k in keys]
                 + [size(x["bytes_file"]), f"{x['images_per_s']:,.0f}" if x.get("images_per_s") else "-"]
                 for x in r["rows"]]
         repeats = max(x.get("repeats", 1) for x in r["rows"])

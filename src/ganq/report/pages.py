@@ -24,7 +24,9 @@ def stat(r: dict, key: str, ref: dict | None = None) -> str:
         return "-"
     from ganq.evaluate.catalogue import metric
 
-    fmt = metric(key).fmt if key in METRICS or key in ("psnr_fp32", "ssim_fp32", "intra_fid") else "{}"
+    from ganq.evaluate.catalogue import EXTRA_METRICS
+
+    fmt = metric(key).fmt if key in METRICS or key in EXTRA_METRICS else "{}"
     sd = (r.get("spread") or {}).get(key)
     text = fmt.format(v) + (f" ± {fmt.format(sd)}" if sd is not None else "")
     if ref is not None and ref is not r and analysis.within_noise(r, ref, key):

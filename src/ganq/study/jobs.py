@@ -139,7 +139,7 @@ def run_job(job: Job, ctx: Context) -> dict:
             qrep = quantize_file(job.model.model, qpath, _quantize_options(job, s, job.bits), data_root=ctx.data_root)
             mixed = None
         net = FeatureNet(job.net, threads=threads)
-        gen = Generator(qpath, threads=threads)
+        gen = Generator(qpath, threads=threads, data_root=ctx.data_root)
 
         fc = FeatureCache(out / "cache" / "features")
         sizes = qrep or _sizes(qpath)
@@ -153,7 +153,8 @@ def run_job(job: Job, ctx: Context) -> dict:
             if job.bits != FLOAT_BITS:  # fidelity to fp32: the same inputs through the float generator
                 from ganq.evaluate.fidelity import fidelity
                 metrics.update(fidelity(images, _fp32_images(str(job.model.model), opts.n, opts.seed, opts.batch,
-                                                             threads)))
+                                                             threads, ctx.data_root)))
+            metrics.update(family_metrics(gen, net, images, opts, job.model.dataset, ctx.data_root))
             row = {"model": job.model.name, "dataset": job.model.dataset,
                    "bits": round(mixed["avg_bits"], 3) if mixed else job.bits, "kind": "mixed" if mixed else "uniform",
                    "method": job.method, "method_opts": dict(job.opts), "format": s.format,
@@ -179,10 +180,29 @@ def run_job(job: Job, ctx: Context) -> dict:
     return {"row": aggregate(per), "grid": got[0][1], "job": job}
 
 
+def family_metrics(gen, net, images, opts, dataset, data_root) -> dict:
+    """What a family's generator is judged by beyond the distribution metrics: a super-resolution generator's PSNR
+    and SSIM to the ground truth, a conditional one's intra-class FID."""
+    out = {}
+    if gen.spec.family == "image-to-image" and gen.spec.extra.get("ground_truth"):
+        from ganq.evaluate.fidelity import psnr, ssim
+        from ganq.onnx_io import ground_truth
+
+        target, _ = ground_truth(gen.spec, opts.n, opts.seed, data_root)
+        out.update({"psnr_gt": psnr(images, target), "ssim_gt": ssim(images, target)})
+    if gen.spec.inputs_of("label") and dataset:
+        from ganq import data
+        from ganq.evaluate.run import intra_class
+
+        ds = data.load(dataset, opts.real_split, data_root)
+        out["intra_fid"] = intra_class(gen, net, ds, opts, lambda name, total: None)["intra_fid"]
+    return out
+
+
 @functools.lru_cache(maxsize=2)
-def _fp32_images(model: str, n: int, seed: int, batch: int, threads) -> np.ndarray:
+def _fp32_images(model: str, n: int, seed: int, batch: int, threads, data_root=None) -> np.ndarray:
     """The fp32 generator's images at one seed, made once per process for all the cells that compare with them."""
-    return Generator(model, threads=threads).generate(n, seed, batch)
+    return Generator(model, threads=threads, data_root=data_root).generate(n, seed, batch)
 
 
 def _sizes(qpath: Path) -> dict:
@@ -204,7 +224,7 @@ def aggregate(per_seed: list[dict]) -> dict:
     row = dict(per_seed[0])
     row["repeats"] = len(per_seed)
     row["seeds"] = [p.get("seed") for p in per_seed]
-    extra = ["inception_score_real", "psnr_fp32", "ssim_fp32"]
+    extra = ["inception_score_real", "psnr_fp32", "ssim_fp32", "psnr_gt", "ssim_gt", "intra_fid"]
     row["spread"], row["per_seed"] = {}, [{m: p.get(m) for m in list(METRICS) + extra[1:]} for p in per_seed]
     for m in list(METRICS) + extra:
         vals = [p.get(m) for p in per_seed]
