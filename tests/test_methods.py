@@ -40,7 +40,7 @@ weights = arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(2, 9)),
 
 def test_registry_lists_every_method_in_the_issue_order():
     assert METHODS.names() == ["minmax", "symmetric", "mse", "aciq", "log2", "tanh", "em", "kmeans", "ocs", "gptq",
-                               "adaround"]
+                               "adaround", "distill"]
     assert ALL == METHODS.names()[:9]
     for name in METHODS.names():
         cls = METHODS.get(name)
