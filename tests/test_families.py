@@ -174,3 +174,18 @@ def test_sweep_reports_each_familys_metrics(toy_data_root, tmp_path_factory, tin
     assert cgan and sr and by
     assert all(np.isfinite(x["intra_fid"]) and x.get("psnr_gt") is None for x in cgan)
     assert all(0 < x["psnr_gt"] <= 100 and 0 < x["ssim_gt"] <= 1 and x.get("intra_fid") is None for x in sr)
+
+
+def test_auxiliary_classifier_term(toy_data_root, tmp_path):
+    """cgan --aux: the discriminator gains a classifier head (AC-GAN) and the run still exports a plain generator;
+    the term belongs to cgan alone."""
+    from ganq.errors import GanqError
+    from ganq.export import export
+
+    cfg = TrainConfig(dataset="mnist", arch="cgan", epochs=1, batch_size=64, latent_dim=8, seed=2, limit=128, aux=1.0)
+    train(cfg, tmp_path / "run", data_root=toy_data_root)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["discriminator"]["aux.weight"].shape == (10, 128 * 7 * 7)
+    assert export(tmp_path / "run", tmp_path / "g.onnx", n=16)["max_abs_diff"] <= 1e-5
+    with pytest.raises(GanqError, match="--aux is a term of the conditional architecture cgan"):
+        TrainConfig(dataset="mnist", arch="cnn3", aux=1.0)

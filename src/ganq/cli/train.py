@@ -47,6 +47,9 @@ def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar
                                                  "(StyleGAN2-like, 32x32) or sr2x (2x super-resolution)")],
           out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, samples/, losses.csv, run.json")],
           epochs: int = 1, batch_size: int = 64, lr: float = 2e-4,
+          beta1: Annotated[float, typer.Option(help="Adam's beta1, 0..0.999 (StyleGAN2 uses 0)")] = 0.5,
+          aux: Annotated[float, typer.Option(help="cgan: weight of an auxiliary classifier term (AC-GAN) beside "
+                                                  "the projection, 0 for none")] = 0.0,
           latent_dim: int = 100, seed: int = 0,
           limit: Annotated[Optional[int], typer.Option(help="Train on the first N images only")] = None,
           label_smoothing: Annotated[float, typer.Option(help="Real label 1-s for the discriminator")] = 0.0,
@@ -76,7 +79,7 @@ def train(dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar
     argv = relaunch(nproc, batch_size, sys.argv)
     cfg = TrainConfig(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, latent_dim=latent_dim,
                       seed=seed, limit=limit, label_smoothing=label_smoothing, dropout=dropout,
-                      image_size=image_size, channels=channels, ema=ema)
+                      image_size=image_size, channels=channels, ema=ema, beta1=beta1, aux=aux)
     if argv is not None:
         raise typer.Exit(distributed.launch(nproc, argv))
     bar = _TrainBar()

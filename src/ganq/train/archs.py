@@ -169,14 +169,15 @@ def family_of(arch: str) -> "families.Family":
     return families.FAMILIES[ARCHS.get(arch).family]
 
 
-def build(spec: GeneratorSpec, dropout: float = 0.0) -> tuple[nn.Module, nn.Module]:
+def build(spec: GeneratorSpec, dropout: float = 0.0, aux: bool = False) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) for spec.arch, initialised as its family does: DCGAN's N(0, 0.02) for the
     DCGAN-style ones (fc4 keeps PyTorch's default), the equalized-learning-rate N(0, 1) for style, PyTorch's default
     for sr2x."""
     a = check_fits(spec.arch, spec)
     if a.family != "unconditional":
         labels = spec.inputs_of("label")
-        g, d = a.build_fn(spec, dropout, classes=labels[0].classes if labels else 0)
+        kw = {"aux": True} if aux else {}
+        g, d = a.build_fn(spec, dropout, classes=labels[0].classes if labels else 0, **kw)
         if a.family == "conditional":
             g.apply(_dcgan_init)
             d.apply(_dcgan_init)

@@ -127,13 +127,18 @@ class CondGenerator(nn.Module):
 class ProjectionDiscriminator(nn.Module):
     """cnn3's discriminator trunk; logit = linear(h) + <embed(y), h> (the projection of Miyato & Koyama)."""
 
-    def __init__(self, spec: GeneratorSpec, classes: int, dropout: float):
+    def __init__(self, spec: GeneratorSpec, classes: int, dropout: float, aux: bool = False):
         from ganq.train.archs import cnn3_discriminator
 
         super().__init__()
         d = cnn3_discriminator(spec, dropout)
         self.trunk, self.linear = d[:-1], d[-1]
         self.embed = nn.Embedding(classes, self.linear.in_features)
+        if aux:  # AC-GAN's auxiliary classifier on the same features (train --aux)
+            self.aux = nn.Linear(self.linear.in_features, classes)
+
+    def classify(self, x):
+        return self.aux(self.trunk(x))
 
     def init_projection(self) -> None:
         nn.init.normal_(self.embed.weight, 0.0, 0.02)  # N(0, 1) would make the projection dwarf the logit
@@ -143,8 +148,8 @@ class ProjectionDiscriminator(nn.Module):
         return self.linear(h).view(-1) + (self.embed(y) * h).sum(1)
 
 
-def _cgan(spec: GeneratorSpec, dropout: float, classes: int = 10):
-    return CondGenerator(spec, classes or 10), ProjectionDiscriminator(spec, classes or 10, dropout)
+def _cgan(spec: GeneratorSpec, dropout: float, classes: int = 10, aux: bool = False):
+    return CondGenerator(spec, classes or 10), ProjectionDiscriminator(spec, classes or 10, dropout, aux)
 
 
 # --- style-based: style -----------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class TrainConfig:
     grid: int = 64
     nproc: int = 1  # processes of a torchrun run (1: the plain loop, or torchrun with one process)
     ema: float = 0.0  # 0: off (the study's setting); else the decay of the generator's weight EMA
+    aux: float = 0.0  # conditional: the weight of AC-GAN's auxiliary classification term (0: the projection alone)
 
     def __post_init__(self):
         if self.dropout is None:
@@ -70,6 +71,9 @@ class TrainConfig:
             raise GanqError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if not 0 <= self.dropout < 1:
             raise GanqError(f"--dropout must be in [0, 1), got {self.dropout}")
+        check_range("--aux", self.aux, 0.0, 100.0, integer=False)
+        if self.aux and self.arch != "cgan":
+            raise GanqError(f"--aux is a term of the conditional architecture cgan, not {self.arch}")
         if self.ema != 0.0 and not 0 < self.ema < 1:
             raise GanqError(f"--ema must be in (0, 1) (or 0 for off), got {self.ema}")
 
@@ -265,6 +269,8 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
     from ganq.train import distributed
 
     main = ddp is None or ddp.main
+    if ddp is not None and config.aux:
+        raise GanqError("--aux trains the auxiliary classifier outside DDP's gradient sync; use one process")
     prepare_out(out, resume, force)
     if ddp is not None:
         import torch.distributed as dist
@@ -299,7 +305,7 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
         raise GanqError(f"{config.dataset}: {len(ds.images)} images, fewer than one batch of {config.batch_size}")
 
     torch.manual_seed(config.seed)
-    g, d = build(spec, dropout=config.dropout)
+    g, d = build(spec, dropout=config.dropout, aux=config.aux > 0)
     g, d = g.to(dev), d.to(dev)
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
@@ -400,6 +406,8 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
             d_real, d_fake = disc(d_run, real, real_cond), disc(d_run, fake.detach(), fake_cond)
             loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, real_target))
                       + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+            if config.aux:  # AC-GAN: the discriminator also classifies the real images
+                loss_d = loss_d + config.aux * F.cross_entropy(d.classify(real), real_cond)
             if family.r1 and i % R1_EVERY == 0:  # lazy R1 (StyleGAN2): every R1_EVERY steps, weighted by it
                 loss_d = loss_d + family.r1 * R1_EVERY * r1_penalty(d_run, real, real_cond)
             opt_d.zero_grad(set_to_none=True)
@@ -408,6 +416,8 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
 
             d_gen = disc(d_run, fake, fake_cond)
             loss_g = family.adv_weight * F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+            if config.aux:  # ... and the generator's images must be classified as their labels
+                loss_g = loss_g + config.aux * F.cross_entropy(d.classify(fake), fake_cond)
             if family.pixel_weight:
                 loss_g = loss_g + family.pixel_weight * F.l1_loss(fake, real)
             opt_g.zero_grad(set_to_none=True)
