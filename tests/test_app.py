@@ -156,6 +156,36 @@ def test_page_runs_conditional_image_to_image_and_fixed_batch_generators(family,
     assert not [x for x in got["logs"] if "error" in x.lower()], got["logs"]
 
 
+@pytest.mark.parametrize("name", ["fashion-mnist-sr2x", "fashion-mnist-cgan"])
+def test_page_runs_the_zoo_families(name, tmp_path):
+    """The zoo's super-resolution generator gets the image upload (and its data set's samples as inputs), the
+    conditional one the class picker; 4-bit int files; the page's pixels equal onnxruntime's on the same inputs."""
+    why = _browser_missing()
+    if why:
+        pytest.skip(why)
+    from ganq.onnx_io import load_model, read_spec, run, sample_inputs
+    from ganq.zoo import names
+
+    if name not in names():
+        pytest.skip(f"zoo:{name} is not shipped in this checkout")
+    q = tmp_path / "q.onnx"
+    quantize_file(resolve_model(f"zoo:{name}"), q, QuantizeOptions(bits=4, format="int", granularity="channel"))
+    build_app(q, tmp_path / "app", ort_web=ORT_WEB)
+    m = load_model(q)
+    spec = read_spec(m)
+    feed = sample_inputs(spec, 3, seed=0)  # the sr2x inputs: Fashion-MNIST test images, downsized
+    want = run(m, feed, [spec.output_name])[0]
+    enc = {k: {"type": str(v.dtype), "dims": list(v.shape), "data": v.ravel().tolist()} for k, v in feed.items()}
+    got = _in_browser(tmp_path / "app", {"n": 3, "feeds": enc}, tmp_path)
+    assert np.abs(np.asarray(got["image"], np.float32).reshape(want.shape) - want).max() <= 1e-5
+    c = got["controls"]
+    if spec.inputs_of("label"):
+        assert c["classes"][1] == "0: T-shirt/top" and len(c["classes"]) == 11 and not c["upload"]
+    else:
+        assert c["upload"] and not c["interpolation"]
+    assert not [x for x in got["logs"] if "error" in x.lower()], got["logs"]
+
+
 def test_ort_web_copies_are_checked_and_named_by_their_own_version(models, tmp_path, capfd):
     """Empty runtime files are refused; an older package is shipped under its own version, with one warning."""
     pkg = tmp_path / "onnxruntime-web"
