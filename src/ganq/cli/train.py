@@ -107,14 +107,14 @@ def export(source: Annotated[Path, typer.Argument(help="Run folder or checkpoint
 
     check_export(source, out, n, force)
     need_torch("export")
-    from ganq.export import PARITY_TOL, export as run_export
+    from ganq.export import export as run_export
 
     r = run_export(source, out, n=n, ema=ema)
     emit(r, as_json, lambda r: out_console.print(
         f"{r['out']}  {r['spec']['arch']} on {r['spec']['dataset']}, epoch {r['epoch']}"
         f"{' (EMA weights)' if r['weights'] == 'ema' else ''}, opset {r['opset']}, "
         f"{r['bytes']:,} bytes; parity with PyTorch on {r['n']} inputs: max |diff| {r['max_abs_diff']:.2e} "
-        f"(limit {PARITY_TOL:g})", highlight=False))
+        f"(limit {r['parity_tol']:g})", highlight=False))
 
 
 @app.command("train-classifier")
