@@ -93,6 +93,9 @@ def test_every_method_option_declares_its_range_or_choices_and_is_checked(name):
         elif typ is bool:
             with pytest.raises(GanqError, match=f"{f.name} must be true or false"):
                 make_method(name, {f.name: 5})
+        elif f.metadata.get("path"):  # a file option: a missing file is one line naming it
+            with pytest.raises(GanqError, match=f"{f.name}=nope: .*no such file"):
+                make_method(name, {f.name: "nope"})
         else:
             with pytest.raises(GanqError, match=f"{f.name} must be one of"):
                 make_method(name, {f.name: "nope"})

@@ -20,7 +20,7 @@ torch-side function the quantize pipeline hands the whole model to.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ganq.errors import GanqError
@@ -44,7 +44,7 @@ class Distill(Method):
     batch: int = option(64, 2, 4096)
     lr: float = option(0.02, 0.0, 1.0)
     lam: float = option(0.0, 0.0, 1000.0)
-    features: str = ""
+    features: str = field(default="", metadata={"path": True})  # a file, not a choice: checked to exist
     act: float = option(0.0, 0.0, 1000.0)  # weight of the intermediate-activation term (outputs of the weight ops)
     every: int = option(20, 1, 100_000)
     holdout: int = option(512, 16, 100_000)
