@@ -532,11 +532,16 @@ def _draw_images(inp, rng, n: int, calibration: bool, data_root) -> np.ndarray:
     if inp.source == "random":
         return rng.uniform(lo, hi, (n, *inp.shape)).astype(np.float32)
     pool = source_images(inp.source, "train" if calibration else "test", data_root)
-    idx = rng.choice(len(pool), n, replace=n > len(pool))
+    idx = _pick(pool, n, rng)
     c, h, w = inp.image_hw
     u8 = resize_images(pool[idx], h, w, c)
     x = (u8.astype(np.float32) / np.float32(255.0)) * np.float32(hi - lo) + np.float32(lo)
     return np.ascontiguousarray(x if inp.layout == "NHWC" else x.transpose(0, 3, 1, 2))
+
+
+def _pick(pool: np.ndarray, n: int, rng) -> np.ndarray:
+    """The source images an image input's n draws use (with replacement only when the pool is smaller)."""
+    return rng.choice(len(pool), n, replace=n > len(pool))
 
 
 def ground_truth(spec: GeneratorSpec, n: int, seed: int, data_root=None) -> tuple[np.ndarray, np.ndarray]:
@@ -553,7 +558,7 @@ def ground_truth(spec: GeneratorSpec, n: int, seed: int, data_root=None) -> tupl
         raise GanqError(f"image input {inp.name} draws random noise (source random): it has no ground truth; give "
                         f"it a data set source")
     pool = source_images(inp.source, "test", data_root)
-    idx = np.random.default_rng([seed, k + 1]).choice(len(pool), n, replace=n > len(pool))
+    idx = _pick(pool, n, np.random.default_rng([seed, k + 1]))  # sample_inputs' stream for input k
     c, h, w = inp.image_hw
     return (resize_images(pool[idx], spec.height, spec.width, spec.channels),
             resize_images(pool[idx], h, w, c))

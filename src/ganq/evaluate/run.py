@@ -65,6 +65,10 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
         check_reference(g, ref, model, reference)
     if per_class and not g.spec.inputs_of("label"):
         raise GanqError(f"{model}: --per-class needs a conditional generator (a label input); its spec has none")
+    if ground_truth is None:
+        ground_truth = bool(g.spec.extra.get("ground_truth")) and g.spec.family == "image-to-image"
+    if ground_truth and g.spec.family != "image-to-image":
+        raise GanqError(f"{model}: --ground-truth needs an image-to-image generator; its spec has no image input")
     dataset = dataset or g.spec.dataset
     if not dataset and ref is not None and g.spec.family == "image-to-image":
         return fidelity_only(g, ref, opts, progress, t0)
@@ -94,8 +98,6 @@ def evaluate(model: str | Path, dataset: str | None = None, features: str | Path
         out["reference"] = str(ref.path)
     if per_class:
         out.update(intra_class(g, net, entry[1], opts, stage))
-    if ground_truth is None:
-        ground_truth = bool(g.spec.extra.get("ground_truth")) and g.spec.family == "image-to-image"
     if ground_truth:
         out.update(against_ground_truth(g, net, fake, (real_logits, real_feats), opts, data_root, stage))
     out["resize"] = net.resize_note(g.spec.image_shape)
@@ -154,8 +156,6 @@ def against_ground_truth(g, net: FeatureNet, fake, real, opts: EvalOptions, data
     from ganq.data.resize import resize_images
     from ganq.evaluate.fidelity import psnr, ssim
 
-    if g.spec.family != "image-to-image":
-        raise GanqError(f"{g.path}: --ground-truth needs an image-to-image generator; its spec has no image input")
     target, small = ground_truth(g.spec, opts.n, opts.seed, data_root)
     bicubic = resize_images(small, g.spec.height, g.spec.width, g.spec.channels)
     _, feats = net(bicubic, opts.batch, stage("bicubic features", opts.n))

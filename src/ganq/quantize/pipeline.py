@@ -51,10 +51,14 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
     check_opset(v, options, todo)
     weights = weight_params(model)
     edit = GraphEdit(model.graph)
-    extra = {}
-    rows, calib, seconds = solve_and_emit(model, options, todo, v, edit, notes, data_root, progress, extra)
+    rows, calib, seconds, e2e = solve_and_emit(model, options, todo, v, edit, notes, data_root, progress)
+    extra, timed = {}, {}
     if options.bn_into_decoder:
         extra["bn_into_decoder"] = len(edit.folds)
+    if e2e is not None:  # the file holds what made it (deterministic for a seed); the times only the returned report
+        extra["distill"] = {k: val for k, val in e2e.items() if k not in ("seconds", "curve")}
+        extra["distill"]["heldout_curve"] = [[c["step"], c["heldout"]] for c in e2e["curve"]]
+        timed["distill_curve"] = e2e["curve"]
     edit.commit()
     f16 = None
     if options.float_bits == 16:
@@ -65,7 +69,6 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         f16 = {"tensors": to_float16(model, keep), **check_float16(before, model)}
     if f16 is not None:
         extra.update({"float_bits": 16, "float16": f16})
-    timed = extra.pop("_timed", {})
     report = record(model, options, plan, rows, edit, folded, v, calib, notes, weights, extra)
     report = dict(report, seconds={k: round(t, 3) for k, t in seconds.items()}, **timed)
     return model, report

@@ -73,12 +73,11 @@ def _layer_inputs(graph, t, x, method, options, calib, notes):
 
 
 def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdit, notes: list[str],
-                   data_root=None, progress=None, extra: dict | None = None):
-    """(the report's per-tensor rows, the Calibrator or None, seconds spent calibrating and solving). Every tensor
-    is solved first; an end-to-end method (distill) then refines all of its tensors together (its record goes into
-    extra["distill"]); then each is emitted in the format."""
-    extra = {} if extra is None else extra
-    solved = []
+                   data_root=None, progress=None):
+    """(the report's per-tensor rows, the Calibrator or None, seconds spent calibrating and solving, the end-to-end
+    method's record or None). Every tensor is solved first; an end-to-end method (distill) then refines all of its
+    tensors together; then each is emitted in the format."""
+    solved, e2e_record = [], None
     graph = model.graph
     inits = edit.initializers
     fmt = FORMATS.get(options.format)
@@ -116,14 +115,11 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
     e2e = [i for i, item in enumerate(solved) if getattr(item[1].method, "end_to_end", False)]
     if e2e:
         t0 = time.perf_counter()
-        refined, rec = end_to_end(model, solved[e2e[0]][1].method, [solved[i] for i in e2e], data_root, progress)
+        refined, e2e_record = end_to_end(model, solved[e2e[0]][1].method, [solved[i] for i in e2e], data_root,
+                                         progress)
         for i, sol in zip(e2e, refined):
             solved[i] = solved[i][:3] + (sol,) + solved[i][4:]
         seconds["train"] = time.perf_counter() - t0
-        # the file holds what makes it (deterministic for a seed); the times go in the returned report only
-        extra["distill"] = {k: v for k, v in rec.items() if k not in ("seconds", "curve")}
-        extra["distill"]["heldout_curve"] = [[c["step"], c["heldout"]] for c in rec["curve"]]
-        extra.setdefault("_timed", {})["distill_curve"] = rec["curve"]
     for t, tp, x, sol, method, corrected in solved:
         if sol.split and method.rewrites_input:
             users = [n for n in graph.node if t.name in n.input]
@@ -139,7 +135,7 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
         if options.format != "fake":
             edit.removed.add(t.name)
         rows.append(_row(t, tp, x, sol, method, stored, corrected))
-    return rows, calib, seconds
+    return rows, calib, seconds, e2e_record
 
 
 def end_to_end(model, method, items, data_root, progress):
@@ -164,13 +160,18 @@ def end_to_end(model, method, items, data_root, progress):
     sols = []
     for (t, tp, x, sol, m, _), r in zip(items, out):
         d = sol.decoder
-        codes = r["codes"].astype(sol.codes.dtype)
-        dec = Affine(r["scale"].reshape(d.scale.shape) if r["scale"].size == d.scale.size else r["scale"],
-                     r["offset"].reshape(d.offset.shape) if r["offset"].size == d.offset.size else r["offset"],
-                     np.broadcast_to(d.zero_point, np.broadcast_shapes(d.zero_point.shape, r["scale"].shape))
-                     .astype(d.zero_point.dtype) if r["scale"].size != d.scale.size else d.zero_point)
-        sols.append(Solution(codes, dec, sol.bits, sol.axis, info={**(sol.info or {}), "distilled": True}))
+        scale, offset = _fit(r["scale"], d.scale), _fit(r["offset"], d.offset)
+        zp = d.zero_point if scale.shape == d.scale.shape else \
+            np.broadcast_to(d.zero_point, scale.shape).astype(d.zero_point.dtype)
+        sols.append(Solution(r["codes"].astype(sol.codes.dtype), Affine(scale, offset, zp), sol.bits, sol.axis,
+                             info={**(sol.info or {}), "distilled": True}))
     return sols, rec
+
+
+def _fit(a: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """An engine's grid array back in the decoder's shape where the sizes agree (the engine learns the grid in the
+    broadcast shape of scale, offset and zero point; the init's own arrays come back when its state is kept)."""
+    return a.reshape(like.shape) if a.size == like.size else a
 
 
 def _row(t, tp, x, sol, method, stored, corrected) -> dict:

@@ -191,12 +191,19 @@ def family_metrics(gen, net, images, opts, dataset, data_root) -> dict:
         target, _ = ground_truth(gen.spec, opts.n, opts.seed, data_root)
         out.update({"psnr_gt": psnr(images, target), "ssim_gt": ssim(images, target)})
     if gen.spec.inputs_of("label") and dataset:
-        from ganq import data
         from ganq.evaluate.run import intra_class
 
-        ds = data.load(dataset, opts.real_split, data_root)
+        ds = _real_split(dataset, opts.real_split, data_root)
         out["intra_fid"] = intra_class(gen, net, ds, opts, lambda name, total: None)["intra_fid"]
     return out
+
+
+@functools.lru_cache(maxsize=2)
+def _real_split(dataset: str, split: str, data_root):
+    """A data set's split, read once per process for all the conditional cells that need its labels."""
+    from ganq import data
+
+    return data.load(dataset, split, data_root)
 
 
 @functools.lru_cache(maxsize=2)

@@ -21,13 +21,14 @@ import torch
 from torch.nn import functional as F
 
 from ganq.errors import GanqError
-from ganq.onnx_io import fixed_batch, probe_inputs, sample_inputs
+from ganq.onnx_io import feed_size, fixed_batch, probe_inputs, resolve_model, sample_inputs, slice_feed
 from ganq.spec import GeneratorSpec
 from ganq.train.onnx_torch import OnnxTorch, Unsupported, check_against_onnxruntime
 
 HOLDOUT_SEED = 0x484F4C44  # the held-out set's calibration stream; training steps use STEP_SEED + step
 STEP_SEED = 1 << 40
 GRID_LR = 0.1
+TAP_N = 256  # held-out inputs the activation term is measured on
 
 
 class _Round(torch.autograd.Function):
@@ -75,19 +76,18 @@ class _Runner:
     def __init__(self, model: onnx.ModelProto, spec: GeneratorSpec, output: str):
         self.net, self.spec, self.output = OnnxTorch(model), spec, output
         self.fixed = fixed_batch(model, spec)
-        self.batched = {i.name for i in spec.all_inputs if i.batched}
 
     def __call__(self, feed: dict, replace=None, taps: list[str] = ()) -> torch.Tensor | list:
         """The output (and, with taps, [output, *the tapped values])."""
         names = [self.output, *taps]
-        n = len(next(v for k, v in feed.items() if k in self.batched))
+        n = feed_size(self.spec, feed)
         if not self.fixed or self.fixed == n:
             got = self.net(feed, replace, names)
         else:
             if n % self.fixed:
                 raise GanqError(f"distill: batch {n} is not a multiple of the model's fixed batch {self.fixed}")
-            parts = [self.net({k: (v[i:i + self.fixed] if k in self.batched else v) for k, v in feed.items()},
-                              replace, names) for i in range(0, n, self.fixed)]
+            parts = [self.net(slice_feed(self.spec, feed, i, i + self.fixed), replace, names)
+                     for i in range(0, n, self.fixed)]
             got = [torch.cat(p) for p in zip(*parts)]
         return got if taps else got[0]
 
@@ -136,9 +136,17 @@ def refine(model: onnx.ModelProto, spec: GeneratorSpec, tensors: list[dict], cfg
     tensors: [{name, codes, scale, offset, zero_point, bits}] (codes shaped like the weight; the grid broadcastable
     to it). cfg: the distill method's options. progress(step, steps, loss, best): called after every step.
     Returns ([{name, codes, scale, offset}] in the same order, the record)."""
-    t_start = time.perf_counter()
+    threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
+    try:
+        return _refine(model, spec, tensors, cfg, data_root, progress)
+    finally:  # the caller's torch keeps its own thread count
+        torch.set_num_threads(threads)
+
+
+def _refine(model, spec, tensors, cfg, data_root, progress):
+    t_start = time.perf_counter()
     torch.manual_seed(int(cfg["seed"]))
     try:
         n_check = fixed_batch(model, spec) or 4
@@ -153,7 +161,7 @@ def refine(model: onnx.ModelProto, spec: GeneratorSpec, tensors: list[dict], cfg
     missing = [q.name for q in qs if q.name not in run.net.tensors]
     if missing:
         raise GanqError(f"method distill: tensors {', '.join(missing[:3])} are not initializers of the graph")
-    feat = _Features(_feature_path(cfg["features"]), spec) if cfg.get("lam", 0) > 0 else None
+    feat = _Features(resolve_model(cfg["features"]), spec) if cfg.get("lam", 0) > 0 else None
     lam, act = float(cfg.get("lam", 0.0)), float(cfg.get("act", 0.0))
     taps = [n[2][0] for n in run.net.nodes if n[0] in WEIGHT_OPS and n[2][0] != spec.output_name] if act else []
 
@@ -170,7 +178,10 @@ def refine(model: onnx.ModelProto, spec: GeneratorSpec, tensors: list[dict], cfg
         var_out = float(hold_t.var()) or 1.0
         hold_ft = _batched_features(feat, hold_t, 256) if feat is not None else None
         var_feat = float(hold_ft.var()) or 1.0 if hold_ft is not None else 1.0
-        var_taps = [float(t.var()) or 1.0 for t in run(_slice(hold, spec, 256), None, taps)[1:]] if taps else []
+        # the activation term's held-out part: the first TAP_N inputs, the teacher's activations computed once
+        hold_taps = slice_feed(spec, hold, 0, TAP_N)
+        teacher_taps = run(hold_taps, None, taps)[1:] if taps else []
+        var_taps = [float(t.var()) or 1.0 for t in teacher_taps]
 
     def loss_of(out, teacher, f_out=None, f_teacher=None, a_out=(), a_teacher=()):
         loss = F.mse_loss(out, teacher) / var_out
@@ -188,9 +199,8 @@ def refine(model: onnx.ModelProto, spec: GeneratorSpec, tensors: list[dict], cfg
             f = _batched_features(feat, out, 256) if feat is not None else None
             loss = loss_of(out, hold_t, f, hold_ft)
             if taps:
-                first = _slice(hold, spec, 256)
-                a_s, a_t = run(first, replace, taps)[1:], run(first, None, taps)[1:]
-                loss = loss + act * sum(F.mse_loss(a, b) / v for a, b, v in zip(a_s, a_t, var_taps)) / len(a_s)
+                a_s = run(hold_taps, replace, taps)[1:]
+                loss = loss + act * sum(F.mse_loss(a, b) / v for a, b, v in zip(a_s, teacher_taps, var_taps)) / len(a_s)
             return float(loss)
 
     lr = float(cfg["lr"])
@@ -248,24 +258,12 @@ def refine(model: onnx.ModelProto, spec: GeneratorSpec, tensors: list[dict], cfg
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _slice(feed, spec, n):
-    batched = {i.name for i in spec.all_inputs if i.batched}
-    return {k: (v[:n] if k in batched else v) for k, v in feed.items()}
-
 
 def _batched(run, feed, spec, replace, size):
-    batched = {i.name for i in spec.all_inputs if i.batched}
-    n = len(next(v for k, v in feed.items() if k in batched))
+    n = feed_size(spec, feed)
     size = max(size // run.fixed * run.fixed, run.fixed) if run.fixed else size
-    return torch.cat([run({k: (v[i:i + size] if k in batched else v) for k, v in feed.items()}, replace)
-                      for i in range(0, n, size)])
+    return torch.cat([run(slice_feed(spec, feed, i, i + size), replace) for i in range(0, n, size)])
 
 
 def _batched_features(feat, images, size):
     return torch.cat([feat(images[i:i + size]) for i in range(0, len(images), size)])
-
-
-def _feature_path(name: str):
-    from ganq.onnx_io import resolve_model
-
-    return resolve_model(name)

@@ -367,7 +367,7 @@ def _train(config, out, resume, force, dev, data_root, download, progress, keep_
     steps = len(x_all) // config.batch_size  # the last partial batch is dropped: BatchNorm dislikes tiny batches
     per = config.batch_size if ddp is None else config.batch_size // ddp.world
     fixed = family.noise(spec, config.grid, torch.Generator().manual_seed(config.seed + 1), classes)
-    if family.needs_labels:  # the grid's rows are the classes
+    if family.needs_labels:  # the grid cycles through the classes
         fixed[1] = torch.arange(config.grid) % classes
     fixed = family.g_args(fixed, lr_all[:config.grid] if lr_all is not None else None)
     real_target = 1.0 - config.label_smoothing
