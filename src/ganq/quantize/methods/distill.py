@@ -53,7 +53,6 @@ class Distill(Method):
     threads: int = option(0, 0, 256, note=" (0: torch's default)")
 
     def check(self) -> None:
-        check_engine()
         if self.init == "distill" or self.init not in METHODS:
             known = ", ".join(n for n in METHODS if n != "distill")
             raise GanqError(f"method distill: init must be one of {known}, got {self.init!r}")
@@ -65,6 +64,7 @@ class Distill(Method):
                             "zoo:NAME)")
         if self.features:
             resolve_features(self.features)
+        check_engine()  # last: a bad option is named first, with or without torch
 
     @property
     def init_method(self) -> Method:
