@@ -28,7 +28,10 @@ OPTIMIZATION = ("disable", "basic", "extended", "all")
 # how a session handles the DequantizeLinear of weight-only files: "once" folds it into float32 weights when the
 # session is made (onnxruntime keeps QDQ nodes unless session.disable_quant_qdq=1), "per-call" decodes the weights on
 # every run (less memory: the float weights are never held). Packed files' decoders are constant-folded either way.
-DECODE = {"once": {"session.disable_quant_qdq": "1"}, "per-call": {}}
+# A file with quantized activations (--activations) runs "integer": onnxruntime's QDQ fusions on, so its QDQ pairs
+# become integer kernels (QLinearConv, QLinearMatMul, ...), what an accelerator runs; "once" would keep them as float
+# fake quantization (the numbers of onnx.reference, not of the device).
+DECODE = {"once": {"session.disable_quant_qdq": "1"}, "per-call": {}, "integer": {}}
 CALIBRATION_TAG = 0x63616C69  # mixed into the seed: calibration latents never equal evaluate's for any seed
 
 
@@ -286,6 +289,12 @@ def infer_inputs(model, given: dict[str, dict], latent_dim: int | None, latent: 
                                 f"--input {vi.name}=image,source=DATASET (or folder:PATH, or random)")
         out.append(d)
     return out
+
+
+def default_decode(model, decode: str = "once") -> str:
+    """The decode a session of this file uses: "integer" for a file with quantized activations asked "once"."""
+    quant = read_quant(model) or {}
+    return "integer" if decode == "once" and quant.get("activations") else decode
 
 
 def read_quant(model) -> dict | None:
@@ -726,7 +735,7 @@ def random_feed(model, seed: int = 0) -> dict | None:
 
 
 __all__ = ["META_SPEC", "META_QUANT", "META_FEATURES", "PROVIDERS", "DECODE", "resolve_model", "load_model", "save_model",
-           "read_metadata", "write_metadata", "copy_metadata", "read_spec", "read_quant", "describe", "check_spec",
+           "read_metadata", "write_metadata", "copy_metadata", "read_spec", "read_quant", "default_decode", "describe", "check_spec",
            "infer_inputs", "graph_inputs", "fixed_batch", "symbolic_batch", "dynamic_batch", "batch_mode", "run_batched",
            "session_options", "session", "run", "prune", "sample_latents", "sample_inputs", "probe_inputs",
            "draw_input", "slice_feed", "feed_size", "note_once", "random_feed"]

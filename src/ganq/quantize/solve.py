@@ -30,15 +30,16 @@ def check_data(init: onnx.TensorProto) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def calibrator(model, options: QuantizeOptions, todo, notes, data_root=None):
-    """A Calibrator on the model being quantized when a method needs layer inputs or --recalibrate-bn is on
-    (image inputs drawn from their data set's train split, looked up under data_root first)."""
-    if not todo or not (options.recalibrate_bn or any(tp.method.calibrated for tp in todo)):
+def calibrator(model, options: QuantizeOptions, todo, notes, data_root=None, what: str | None = None):
+    """A Calibrator on the model being quantized when a method needs layer inputs or --recalibrate-bn is on, or
+    always when `what` (the option that asks) is given (image inputs drawn from their data set's train split, looked
+    up under data_root first)."""
+    if what is None and (not todo or not (options.recalibrate_bn or any(tp.method.calibrated for tp in todo))):
         return None
     from ganq.onnx_io import check_spec, read_spec, sample_inputs
     from ganq.quantize.calibrate import Calibrator
 
-    what = "--recalibrate-bn" if options.recalibrate_bn else f"method {options.method}"
+    what = what or ("--recalibrate-bn" if options.recalibrate_bn else f"method {options.method}")
     try:
         spec = read_spec(model)
         check_spec(model, spec)

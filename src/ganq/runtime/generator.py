@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ganq.errors import GanqError
-from ganq.onnx_io import (batch_mode, check_spec, fixed_batch, load_model, read_metadata, read_spec, resolve_model,
+from ganq.onnx_io import (batch_mode, check_spec, default_decode, fixed_batch, load_model, read_metadata, read_spec, resolve_model,
                           run_batched, sample_inputs, sample_latents, session, slice_feed)
 from ganq.spec import GeneratorSpec
 
@@ -27,8 +27,10 @@ class Generator:
         self.source = self.path  # what sessions are built from: the file, or its symbolic-batch copy
         if fixed_batch(proto, self.spec) is not None:
             self.source, self.fixed = batch_mode(load_model(self.path), self.spec, str(self.path))
-        self.decode = decode  # weight decoders folded when the session is made, or run on every call
-        self.session = session(self.source, provider, threads, decode=decode)
+        # weight decoders folded when the session is made, or run on every call; integer kernels for a file with
+        # quantized activations (onnx_io.DECODE)
+        self.decode = default_decode(proto, decode)
+        self.session = session(self.source, provider, threads, decode=self.decode)
 
     def latents(self, n: int, seed: int) -> np.ndarray:
         """float32 [n, latent_dim] from a seeded generator: the same seed gives every bit width the same latents."""

@@ -86,7 +86,7 @@ class Method:
     """Base of every method's config. Subclasses set name, summary, paper, decoder, min_bits and max_bits, and
     declare each option's range or choices with `option(...)`; `check()` holds any rule across options.
 
-    Capabilities: `calibrated` (solve() needs the layer's inputs); `rewrites_input` (the method changes its layer's
+    Capabilities: `calibrated` (solve() needs the layer's inputs); `zero_centred` (see there); `rewrites_input` (the method changes its layer's
     input in the graph through `rewrite`, as OCS duplicates channels); `conflicts` ({option: why} of quantize
     options the method does not combine with)."""
 
@@ -99,6 +99,11 @@ class Method:
     calibrated: ClassVar[bool] = False  # solve() needs ctx.hessian (the layer's inputs)
     rewrites_input: ClassVar[bool] = False
     conflicts: ClassVar[dict] = {}
+
+    @property
+    def zero_centred(self) -> bool:
+        """Its affine grids have no offset and one zero point (what per-channel integer kernels take)."""
+        return False
 
     def __post_init__(self):
         check_options(self)

@@ -2,7 +2,9 @@
 error tr(dW H dW^T) they minimise.
 
 W_rows = rows(weight, out_axis) is [C_out, K] whatever the op; the grid is the `grid` method's Affine decoder (minmax
-or mse) on the weight, per tensor (one scale and offset) or per output channel (one per row)."""
+mse or symmetric) on the weight, per tensor (one scale and offset) or per output channel (one per row). symmetric's
+grid (q - 2^(k-1)) * scale, q in 1..2^k - 1, is the offset grid code * scale - (2^(k-1) - 1) * scale over
+2^k - 1 codes, stored back with zero point 2^(k-1): integer kernels' per-channel weights."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from ganq.errors import GanqError
 from ganq.quantize.decoders import rows, unrows
 from ganq.quantize.methods import Method, SolveContext, affine_solution, make_method, prepare
 
-GRIDS = ("minmax", "mse")
+GRIDS = ("minmax", "mse", "symmetric")
 
 
 def grid_rows(x: np.ndarray, bits: int, axis, out_axis: int, grid: str):
@@ -22,6 +24,8 @@ def grid_rows(x: np.ndarray, bits: int, axis, out_axis: int, grid: str):
     c = w.shape[0]
     scale = np.broadcast_to(sol.decoder.scale, x.shape)
     offset = np.broadcast_to(sol.decoder.offset, x.shape)
+    if grid == "symmetric":
+        offset = -np.float32(2 ** (bits - 1) - 1) * scale
     s = rows(np.ascontiguousarray(scale), out_axis)[:, :1].astype(np.float32)
     o = rows(np.ascontiguousarray(offset), out_axis)[:, :1].astype(np.float32)
     assert s.shape == (c, 1)
@@ -53,13 +57,18 @@ def check_context(name: str, ctx: SolveContext | None, x: np.ndarray):
     return ctx.out_axis
 
 
-def solution(x, axis, out_axis, codes_rows, scale, offset, bits, **info):
-    """Codes in W_rows form -> a Solution along `axis` (None per tensor: scale and offset are one value)."""
+def solution(x, axis, out_axis, codes_rows, scale, offset, bits, symmetric: bool = False, **info):
+    """Codes in W_rows form -> a Solution along `axis` (None per tensor: scale and offset are one value);
+    symmetric: the codes shifted by one onto zero point 2^(k-1), no offset."""
     x, axis, _ = prepare(x, axis)
     full = unrows(codes_rows, x.shape, out_axis)
+    zp = None
+    if symmetric:
+        full, offset, zp = full + 1, np.zeros_like(offset), np.full(scale.shape, 2 ** (bits - 1))
     if axis is None:
-        return affine_solution(x, None, full.reshape(1, -1), scale[:1], offset[:1], bits, **info)
-    return affine_solution(x, axis, rows(full, axis), scale, offset, bits, **info)
+        return affine_solution(x, None, full.reshape(1, -1), scale[:1], offset[:1], bits,
+                               zero_point=None if zp is None else zp[:1], **info)
+    return affine_solution(x, axis, rows(full, axis), scale, offset, bits, zero_point=zp, **info)
 
 
 class CalibratedMethod(Method):
@@ -68,6 +77,10 @@ class CalibratedMethod(Method):
     `grid` field."""
 
     calibrated = True
+
+    @property
+    def zero_centred(self) -> bool:
+        return self.grid == "symmetric"
 
     def fallback(self) -> Method:
         return make_method(self.grid)
@@ -80,9 +93,10 @@ class CalibratedMethod(Method):
         x, axis, _ = prepare(x, axis)
         out_axis = check_context(self.name, ctx, x)
         w, scale, offset = grid_rows(x, bits, axis, out_axis, self.grid)
-        levels = 2 ** bits - 1
+        levels = 2 ** bits - (2 if self.grid == "symmetric" else 1)
         codes, info = self.codes(w, ctx.hessian, scale, offset, levels)
         err = output_error(w, decode(codes, scale, offset), ctx.hessian).sum()
         rtn = output_error(w, decode(nearest(w, scale, offset, levels), scale, offset), ctx.hessian).sum()
-        return solution(x, axis, out_axis, codes, scale, offset, bits, output_error=float(err),
+        return solution(x, axis, out_axis, codes, scale, offset, bits, self.grid == "symmetric",
+                        output_error=float(err),
                         output_error_nearest=float(rtn), **info)

@@ -85,7 +85,7 @@ class AdaRound(CalibratedMethod):
     beta_start: float = option(20.0, 1, 1000)
     beta_end: float = option(2.0, 1, 1000)
     warmup: float = option(0.2, 0, 1, hi_open=True)
-    grid: Literal["minmax", "mse"] = "minmax"
+    grid: Literal["minmax", "mse", "symmetric"] = "minmax"
 
     def check(self):
         if not self.beta_end <= self.beta_start:

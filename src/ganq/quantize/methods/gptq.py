@@ -7,7 +7,7 @@ calibration inputs X changes as little as possible:
     H = X X^T / m + damp * mean(diag) * I,   U = chol(H^-1) (upper)
     q_j = round(w_j),   e = (w_j - q_j) / U_jj,   w_{j+1:} -= e U_{j, j+1:}      (blocks of `block` columns, lazily)
 
-The grid (scale and offset, per tensor or per output channel) is `grid`'s (minmax or mse) on the original weight;
+The grid (scale and offset, per tensor or per output channel) is `grid`'s (minmax, mse or symmetric) on the original weight;
 codes and decoder are those of every affine method. With H = I nothing is spread: round-to-nearest.
 """
 
@@ -82,7 +82,7 @@ class GPTQ(CalibratedMethod):
     damp: float = option(0.01, 0, 10, note=" (a fraction of H's mean diagonal)")
     act_order: bool = False
     block: int = option(128, 1, 65536)
-    grid: Literal["minmax", "mse"] = "minmax"
+    grid: Literal["minmax", "mse", "symmetric"] = "minmax"
 
     def codes(self, w, h, scale, offset, levels):
         return gptq_codes(w, h, scale, offset, levels, self.damp, self.act_order, self.block), {}

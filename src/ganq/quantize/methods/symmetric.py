@@ -21,6 +21,7 @@ class Symmetric(Method):
     summary = "zero-centred grid, scale = max|x| / (2^(k-1) - 1) (what int8 deployments use); k >= 2"
     paper = "Jacob et al. 2018, Quantization and Training of Neural Networks for Integer-Arithmetic-Only Inference"
     min_bits = 2
+    zero_centred = True
 
     def solve(self, x, bits, axis, ctx=None):
         self.check_bits(bits)
