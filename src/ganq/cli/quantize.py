@@ -47,6 +47,11 @@ def _render_quant(r: dict) -> None:
         f = r["float16"]
         out_console.print(f"float16: {f['tensors']} float tensors; outputs moved by {f['rms']:.2g} RMS, at most "
                           f"{f['max_abs']:.2g}", highlight=False)
+    if r.get("activations"):
+        a = r["activations"]
+        kept = f"; kept float: {', '.join(a['kept_float'])}" if a["kept_float"] else ""
+        out_console.print(f"activations: {a['tensors']} tensors at {a['bits']} bits ({a['calibration']}, "
+                          f"{'symmetric' if a['symmetric'] else 'asymmetric'}){kept}", highlight=False)
     if r.get("weight_share") is not None:
         left = r.get("weights_left_float") or []
         out_console.print(f"weights quantized: {100 * r['weight_share']:.1f}% of {r['weight_params']:,} weight "
@@ -76,6 +81,17 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
              bn_into_decoder: Annotated[bool, typer.Option(
                  "--bn-into-decoder", help="Fold a BatchNorm after a per-channel layer into its decoder and bias, "
                  "after quantizing (exact; the codes do not change)")] = False,
+             activations: Annotated[int, typer.Option(
+                 help="8 or 16: quantize the activations too (QDQ pairs, per tensor; needs --format int and a "
+                      "symmetric weight grid); 0: weights only")] = 0,
+             act_calibration: Annotated[str, typer.Option(
+                 help="Activation ranges from the calibration latents: minmax, percentile, mse or entropy")] = "minmax",
+             act_percentile: Annotated[float, typer.Option(help="(0, 100]: --act-calibration percentile's p")] = 99.99,
+             act_symmetric: Annotated[bool, typer.Option(
+                 "--act-symmetric", help="Signed activations, zero point 0 (default: unsigned, asymmetric)")] = False,
+             keep_float: Annotated[Optional[list[str]], typer.Option(
+                 help="With --activations: an activation tensor that stays float, or first / last (that weight "
+                      "layer's input and output); repeatable")] = None,
              include_bias: Annotated[bool, typer.Option("--include-bias", help="Quantize biases too")] = False,
              keep_overridable: Annotated[bool, typer.Option(
                  "--keep-overridable", help="Initializers listed as graph inputs stay inputs (not quantized)")] = False,
@@ -125,7 +141,9 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                            plan_file=str(plan) if plan else None, keep_overridable=keep_overridable,
                            upgrade_opset=not no_upgrade_opset, calibration=calibration,
                            calibration_seed=calibration_seed, recalibrate_bn=recalibrate_bn,
-                           bn_into_decoder=bn_into_decoder, float_bits=float_bits)
+                           bn_into_decoder=bn_into_decoder, float_bits=float_bits, activations=activations,
+                           act_calibration=act_calibration, act_percentile=act_percentile,
+                           act_symmetric=act_symmetric, keep_float=tuple(keep_float or ()))
     src = resolve_model(model)
     (check_output if mixed is None else check_outputs)(src, out, force)
     if mixed is not None:

@@ -42,6 +42,11 @@ class QuantizeOptions:
     recalibrate_bn: bool = False
     bn_into_decoder: bool = False  # fold a following BatchNorm into the quantized layer's decoder (quantize.bn_decoder)
     float_bits: int = 32           # 16: the floats that are not quantized weights stored as float16 (float_bits)
+    activations: int = 0           # 8 / 16: QDQ pairs on the activations (quantize.activations); 0: weights only
+    act_calibration: str = "minmax"
+    act_percentile: float = 99.99
+    act_symmetric: bool = False
+    keep_float: tuple = ()         # activation tensors (or first / last) that stay float
     method_config: object = field(default=None, init=False, compare=False, repr=False)
     overrides: dict = field(default=None, init=False, compare=False, repr=False)
 
@@ -59,5 +64,34 @@ class QuantizeOptions:
         from ganq.quantize.float_bits import FLOAT_BITS_CHOICES
         if self.float_bits not in FLOAT_BITS_CHOICES:
             raise GanqError(f"--float-bits must be 32 or 16, got {self.float_bits!r}")
+        self._check_activations(config)
         object.__setattr__(self, "method_config", config)
         object.__setattr__(self, "overrides", read_plan_file(self.plan_file) if self.plan_file else {})
+
+    def _check_activations(self, config) -> None:
+        from ganq.quantize.activations import ACTIVATION_BITS, CALIBRATIONS
+
+        if not self.activations:
+            if self.keep_float or self.act_calibration != "minmax" or self.act_symmetric:
+                raise GanqError("--keep-float, --act-calibration and --act-symmetric need --activations 8 or 16")
+            return
+        if self.activations not in ACTIVATION_BITS:
+            raise GanqError(f"--activations must be 8 or 16 (0: weights only), got {self.activations!r}")
+        if self.act_calibration not in CALIBRATIONS:
+            raise GanqError(f"--act-calibration must be one of {', '.join(CALIBRATIONS)}, got "
+                            f"{self.act_calibration!r}")
+        if not (0 < self.act_percentile <= 100):
+            raise GanqError(f"--act-percentile must be in (0, 100], got {self.act_percentile!r}")
+        if self.format != "int":
+            raise GanqError(f"--activations needs --format int (integer kernels take DequantizeLinear weights); "
+                            f"got --format {self.format}")
+        if self.bits == FLOAT_BITS or self.bits > 8:
+            raise GanqError(f"--activations needs weights of 2..8 bits (integer kernels); got --bits {self.bits}")
+        if self.float_bits != 32:
+            raise GanqError("--activations does not combine with --float-bits 16 (quantization scales stay float32)")
+        if not config.zero_centred:
+            raise GanqError(f"--activations needs a symmetric weight grid (no offset, one zero point: what integer "
+                            f"kernels take per channel); method {self.method} has none: use --method symmetric, or "
+                            "gptq / adaround with --method-opt grid=symmetric")
+        if not self.fold_bn:  # integer kernels have no BatchNorm: fold it into the weights first
+            object.__setattr__(self, "fold_bn", True)

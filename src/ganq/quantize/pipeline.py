@@ -60,6 +60,12 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         extra["distill"]["heldout_curve"] = [[c["step"], c["heldout"]] for c in e2e["curve"]]
         timed["distill_curve"] = e2e["curve"]
     edit.commit()
+    if options.activations:  # on the weight-quantized graph: the ranges are what the integer file sees
+        from ganq.quantize.activations import quantize_activations
+        from ganq.quantize.solve import calibrator
+
+        extra["activations"] = quantize_activations(
+            model, options, calibrator(model, options, todo, notes, data_root, what="--activations"))
     f16 = None
     if options.float_bits == 16:
         from ganq.quantize.float_bits import check_float16, to_float16

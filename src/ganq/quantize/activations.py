@@ -1,0 +1,304 @@
+"""`--activations BITS`: integer generators for accelerators. After the weights are quantized (int format, a
+symmetric grid), every float activation that an integer back-end runs gets a QuantizeLinear -> DequantizeLinear
+pair (per tensor), in the QDQ layout that onnxruntime's QDQ fusions and the NPU execution providers recognise:
+
+    x -> QuantizeLinear(s, zp) -> DequantizeLinear(s, zp) -> every consumer of x
+
+Which tensors: the float inputs and outputs of the ops in ACT_OPS (weight layers and what back-ends run in integer
+between them), except the graph's outputs (the interface stays float) and `--keep-float` (tensor names, or
+`first` / `last`: the first / last weight layer's input and output, so that layer runs in float).
+
+Ranges come from the calibration latents (the spec's calibration stream, never an evaluation's), run through the
+weight-quantized graph (what the integer file computes up to each tensor, activations in float):
+
+    minmax      the smallest and largest value seen
+    percentile  numpy.percentile of the values at `p` and 100 - p (p = --act-percentile, default 99.99)
+    mse         the clipping range (a fraction of min-max, 64 candidates) whose fake quantization of the values
+                has the least squared error
+    entropy     onnxruntime's KL-divergence calibration (its HistogramCollector, the TensorRT method)
+
+Scale and zero point from the range by onnxruntime's own compute_scale_zp (the range widened to include 0), uint
+(asymmetric) or int (symmetric, --act-symmetric). Percentile, mse and entropy see at most KEEP values a tensor:
+all values of the first calibration samples up to that count (latents are iid); minmax sees every value.
+
+Weights: integer kernels want per-channel weights with one zero point (onnxruntime's QLinearConv: "zero point of
+per-channel filter must be same"), so every weight decoder must be symmetric (offset 0, one zero point: `--method
+symmetric`, or gptq / adaround with grid=symmetric); its unsigned codes become signed ones with zero point 0 (the
+same weights, exactly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ganq.errors import GanqError
+
+ACTIVATION_BITS = (8, 16)
+CALIBRATIONS = ("minmax", "percentile", "mse", "entropy")
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+ACT_OPS = frozenset(WEIGHT_OPS + ("Relu", "LeakyRelu", "Add", "Concat", "Resize", "MaxPool", "AveragePool",
+                                  "GlobalAveragePool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+                                  "DepthToSpace", "Sigmoid"))
+KEEP = 2 ** 20          # values a tensor kept for percentile / mse / entropy
+MSE_CANDIDATES = 64
+ENTROPY_BINS = 2048     # onnxruntime's EntropyCalibrater defaults are 128 / 128; more bins resolve heavy tails
+ENTROPY_QUANTIZED_BINS = 128
+BATCH_BYTES = 256 * 2 ** 20
+
+
+@dataclass(frozen=True)
+class ActivationPlan:
+    tensors: tuple[str, ...]     # the activations that get a QDQ pair, in graph order
+    kept_float: tuple[str, ...]  # candidates --keep-float took out
+
+
+def qtypes(bits: int, symmetric: bool) -> tuple[int, type]:
+    """(ONNX type, numpy type) of an activation's codes."""
+    if bits == 8:
+        return (TensorProto.INT8, np.int8) if symmetric else (TensorProto.UINT8, np.uint8)
+    return (TensorProto.INT16, np.int16) if symmetric else (TensorProto.UINT16, np.uint16)
+
+
+def _constants(graph) -> set[str]:
+    """Tensors that depend on initializers only (weight decoders, shapes, Constant nodes)."""
+    const = {i.name for i in graph.initializer}
+    inputs = {i.name for i in graph.input} - const
+    for node in graph.node:
+        ins = [t for t in node.input if t]
+        if node.op_type == "Constant" or (ins and all(t in const for t in ins) and not (set(ins) & inputs)):
+            const.update(node.output)
+    return const
+
+
+def _float_tensors(model) -> set[str]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    return {vi.name for vi in list(g.value_info) + list(g.input) + list(g.output)
+            if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
+
+
+def plan_activations(model, keep_float: tuple[str, ...] = ()) -> ActivationPlan:
+    """The activation tensors to quantize (see the module's doc); a --keep-float name that is not one of the
+    candidates is one GanqError naming it."""
+    g = model.graph
+    const = _constants(g)
+    floats = _float_tensors(model)
+    outputs = {o.name for o in g.output}
+    chosen: list[str] = []
+    weight_nodes = []
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    # a weight layer's output whose one consumer adds a constant (its bias, a folded BatchNorm's shift) is inside
+    # the layer: the pair goes after the Add, so onnxruntime fuses MatMul + Add into one integer Gemm
+    inner = {n.output[0] for n in g.node if n.op_type in WEIGHT_OPS and len(consumers.get(n.output[0], [])) == 1
+             and consumers[n.output[0]][0].op_type == "Add" and any(t in const for t in consumers[n.output[0]][0].input)}
+    for node in g.node:
+        if node.op_type not in ACT_OPS:
+            continue
+        if node.op_type in WEIGHT_OPS and any(t in const for t in node.input[1:2]):
+            weight_nodes.append(node)
+        ins = node.input[:1] if node.op_type in ("Resize", "Reshape", "Squeeze", "Unsqueeze") else node.input
+        for t in list(ins) + list(node.output):
+            if t and t not in const and t in floats and t not in outputs and t not in inner and t not in chosen:
+                chosen.append(t)
+    drop: list[str] = []
+    for name in keep_float:
+        if name in ("first", "last"):
+            if not weight_nodes:
+                raise GanqError(f"--keep-float {name}: the model has no weight layer")
+            node = weight_nodes[0] if name == "first" else weight_nodes[-1]
+            drop += [t for t in (node.input[0], node.output[0]) if t in chosen]
+        elif name in chosen:
+            drop.append(name)
+        else:
+            some = ", ".join(chosen[:6]) + (", ..." if len(chosen) > 6 else "")
+            raise GanqError(f"--keep-float {name}: not an activation tensor of the model (they are: {some}; or "
+                            "first, last)")
+    kept = tuple(t for t in chosen if t not in drop)
+    if not kept:
+        raise GanqError("--activations: no activation tensor left to quantize")
+    return ActivationPlan(kept, tuple(dict.fromkeys(drop)))
+
+
+# --- ranges ---
+
+def scale_zero_point(lo: float, hi: float, bits: int, symmetric: bool) -> tuple[np.float32, np.integer]:
+    """onnxruntime's compute_scale_zp for the range [lo, hi] (widened to include 0)."""
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    _, np_type = qtypes(bits, symmetric)
+    info = np.iinfo(np_type)
+    zp, scale = compute_scale_zp(np.array(lo, np.float32), np.array(hi, np.float32), np.array(info.min, np_type),
+                                 np.array(info.max, np_type), symmetric=symmetric)
+    return np.float32(scale), np_type(zp)
+
+
+def fake_quantize(x: np.ndarray, scale, zp, bits: int, symmetric: bool) -> np.ndarray:
+    """QuantizeLinear then DequantizeLinear, as onnxruntime computes them (round half to even, saturate)."""
+    _, np_type = qtypes(bits, symmetric)
+    info = np.iinfo(np_type)
+    q = np.clip(np.rint(x.astype(np.float32) / np.float32(scale)) + int(zp), info.min, info.max)
+    return ((q - int(zp)) * np.float32(scale)).astype(np.float32)
+
+
+def _mse_range(v: np.ndarray, lo: float, hi: float, bits: int, symmetric: bool) -> tuple[float, float]:
+    best, arg = np.inf, (lo, hi)
+    for a in np.linspace(1.0 / MSE_CANDIDATES, 1.0, MSE_CANDIDATES):
+        s, z = scale_zero_point(lo * a, hi * a, bits, symmetric)
+        err = float(np.mean((fake_quantize(v, s, z, bits, symmetric) - v) ** 2))
+        if err < best:
+            best, arg = err, (float(lo * a), float(hi * a))
+    return arg
+
+
+def _entropy_range(name: str, v: np.ndarray, symmetric: bool) -> tuple[float, float]:
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    c = HistogramCollector(method="entropy", symmetric=symmetric, num_bins=ENTROPY_BINS,
+                           num_quantized_bins=ENTROPY_QUANTIZED_BINS, percentile=99.999, scenario="same")
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
+        c.collect({name: [v]})
+        lo, hi = c.compute_collection_result()[name][:2]
+    return float(lo), float(hi)
+
+
+def activation_range(name: str, values: np.ndarray, lo: float, hi: float, method: str, bits: int,
+                     symmetric: bool, percentile: float) -> tuple[float, float]:
+    """The range of one activation by `method` from its kept values (and its exact min and max)."""
+    if method == "minmax" or values.size == 0:
+        return lo, hi
+    if method == "percentile":
+        return (float(np.percentile(values, 100.0 - percentile)), float(np.percentile(values, percentile)))
+    if method == "mse":
+        return _mse_range(values, lo, hi, bits, symmetric)
+    return _entropy_range(name, values, symmetric)
+
+
+def calibrate_activations(calib, tensors: tuple[str, ...], method: str, bits: int, symmetric: bool,
+                          percentile: float) -> dict[str, dict]:
+    """{tensor: {lo, hi, scale, zero_point, seen, kept}} over every calibration input, one pass."""
+    per_sample = next(calib.batches(list(tensors), 1))
+    sample_bytes = sum(4 * x[0].size for x in per_sample)
+    batch = int(max(1, min(256, BATCH_BYTES // max(1, sample_bytes))))
+    lo = {t: np.inf for t in tensors}
+    hi = {t: -np.inf for t in tensors}
+    kept: dict[str, list] = {t: [] for t in tensors}
+    count = {t: 0 for t in tensors}
+    seen = {t: 0 for t in tensors}
+    for outs in calib.batches(list(tensors), batch):
+        for t, x in zip(tensors, outs):
+            x = np.asarray(x, np.float32).reshape(-1)
+            lo[t], hi[t] = min(lo[t], float(x.min())), max(hi[t], float(x.max()))
+            seen[t] += x.size
+            if method != "minmax" and count[t] < KEEP:
+                part = x[: KEEP - count[t]]
+                kept[t].append(part)
+                count[t] += part.size
+    out = {}
+    for t in tensors:
+        values = np.concatenate(kept[t]) if kept[t] else np.zeros(0, np.float32)
+        a, b = activation_range(t, values, lo[t], hi[t], method, bits, symmetric, percentile)
+        s, z = scale_zero_point(a, b, bits, symmetric)
+        out[t] = {"lo": a, "hi": b, "min": lo[t], "max": hi[t], "scale": float(s), "zero_point": int(z),
+                  "seen": seen[t], "kept": int(values.size) if method != "minmax" else seen[t]}
+    return out
+
+
+# --- the graph ---
+
+def signed_weights(model) -> int:
+    """Every weight DequantizeLinear's unsigned codes with one zero point 2^(k-1) -> signed codes, zero point 0 of
+    the scale's shape (the same weights, exactly). A weight decoder that is not symmetric is one GanqError."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    done = 0
+    for node in g.node:
+        if node.op_type in ("Gather",) and node.input and node.input[0] in inits and any(
+                c.op_type in WEIGHT_OPS for c in consumers.get(node.output[0], [])):
+            raise GanqError("--activations needs affine weights (DequantizeLinear); this method's codebook "
+                            "decoder (Gather) cannot run in integer kernels")
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits or len(node.input) < 3:
+            continue
+        codes = numpy_helper.to_array(inits[node.input[0]])
+        zp = numpy_helper.to_array(inits[node.input[2]])
+        if codes.dtype not in (np.uint8, np.uint16, ml_dtypes.uint4):
+            continue
+        uses = consumers.get(node.output[0], [])
+        if any(c.op_type == "Add" for c in uses) or not np.all(zp == zp.reshape(-1)[0]) or not zp.size:
+            raise GanqError(f"--activations needs symmetric weights (one zero point, no offset: what integer "
+                            f"kernels take per channel); weight {node.output[0].removesuffix('_dq')} has an offset or per-channel zero points: "
+                            "use --method symmetric (or gptq / adaround with grid=symmetric)")
+        z = int(zp.reshape(-1)[0])
+        signed = {np.dtype(np.uint8): np.int8, np.dtype(np.uint16): np.int16}.get(codes.dtype, ml_dtypes.int4)
+        q = (codes.astype(np.int32) - z).astype(signed)
+        inits[node.input[0]].CopyFrom(numpy_helper.from_array(q, node.input[0]))
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.zeros(zp.shape, signed), node.input[2]))
+        done += 1
+    return done
+
+
+def insert_qdq(model, ranges: dict[str, dict], bits: int, symmetric: bool) -> None:
+    """A QuantizeLinear -> DequantizeLinear pair after each tensor of `ranges` (right after its producer, so the
+    nodes stay in topological order); every other consumer reads the DequantizeLinear's output."""
+    g = model.graph
+    onnx_type, np_type = qtypes(bits, symmetric)
+    taken = {i.name for i in g.initializer} | {t for n in g.node for t in list(n.input) + list(n.output)}
+
+    def fresh(name):
+        cand, i = name, 1
+        while cand in taken:
+            cand, i = f"{name}_{i}", i + 1
+        taken.add(cand)
+        return cand
+
+    pairs, names = {}, {}
+    for t, r in ranges.items():
+        s, z, q, dq = (fresh(f"{t}_act_scale"), fresh(f"{t}_act_zp"), fresh(f"{t}_act_q"), fresh(f"{t}_act"))
+        g.initializer.extend([numpy_helper.from_array(np.array(r["scale"], np.float32), s),
+                              numpy_helper.from_array(np.array(r["zero_point"], np_type), z)])
+        pairs[t] = [helper.make_node("QuantizeLinear", [t, s, z], [q], name=q),
+                    helper.make_node("DequantizeLinear", [q, s, z], [dq], name=dq)]
+        names[t] = dq
+    nodes = []
+    graph_inputs = [i.name for i in g.input]
+    for t in graph_inputs:
+        nodes += pairs.get(t, [])
+    for node in g.node:
+        for k, t in enumerate(node.input):
+            if t in names:
+                node.input[k] = names[t]
+        nodes.append(node)
+        for t in node.output:
+            nodes += pairs.get(t, [])
+    del g.node[:]
+    g.node.extend(nodes)
+
+
+def quantize_activations(model, options, calib) -> dict:
+    """Quantize `model`'s activations in place (see the module's doc); returns the record for ganq.quant."""
+    plan = plan_activations(model, options.keep_float)
+    n = signed_weights(model)
+    ranges = calibrate_activations(calib, plan.tensors, options.act_calibration, options.activations,
+                                   options.act_symmetric, options.act_percentile)
+    insert_qdq(model, ranges, options.activations, options.act_symmetric)
+    rec = {"bits": options.activations, "calibration": options.act_calibration,
+           "symmetric": options.act_symmetric, "tensors": len(plan.tensors), "kept_float": list(plan.kept_float),
+           "signed_weights": n,
+           "ranges": {t: [round(r["lo"], 6), round(r["hi"], 6), r["scale"], r["zero_point"]]
+                      for t, r in ranges.items()}}
+    if options.act_calibration == "percentile":
+        rec["percentile"] = options.act_percentile
+    return rec

@@ -1,0 +1,214 @@
+"""Integer generators (issue 25): --activations puts QDQ pairs on the activations, calibrated on the calibration
+latents. Checked against closed forms on the captured tensors (min-max exactly, percentile against numpy), against
+onnx.reference (the fake-quantized graph), and against onnxruntime's QDQ fusion (integer kernels in the optimized
+model). Torch-free."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from ganq.errors import GanqError
+from ganq.quantize import QuantizeOptions, quantize_file, quantize_model
+
+SYM = dict(method="symmetric", granularity="channel", format="int")
+
+
+def _act(**kw) -> QuantizeOptions:
+    return QuantizeOptions(**{"bits": 8, **SYM, "activations": 8, **kw})
+
+
+def _pairs(model) -> dict[str, tuple[float, int, int]]:
+    """{quantized tensor: (scale, zero point, ONNX type of the codes)} from the file's QuantizeLinear nodes."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear":
+            zp = inits[n.input[2]]
+            out[n.input[0]] = (float(numpy_helper.to_array(inits[n.input[1]])),
+                               int(numpy_helper.to_array(zp)), zp.data_type)
+    return out
+
+
+def _captured(tiny_onnx, tensors, n: int, **kw) -> dict[str, np.ndarray]:
+    """The tensors over the calibration inputs, in the weight-quantized (BatchNorm-folded) graph the ranges see."""
+    from ganq.onnx_io import read_spec, run, sample_inputs
+
+    model, _ = quantize_model(onnx.load(tiny_onnx), QuantizeOptions(bits=kw.get("bits", 8), **SYM, fold_bn=True))
+    spec = read_spec(model)
+    feed = sample_inputs(spec, n, 0, calibration=True)
+    return dict(zip(tensors, run(model, feed, outputs=list(tensors))))
+
+
+def test_the_qdq_graph_is_valid_and_onnxruntime_fuses_it_into_integer_kernels(tiny_onnx, tmp_path):
+    import onnxruntime as ort
+
+    q = tmp_path / "w8a8.onnx"
+    rep = quantize_file(tiny_onnx, q, _act())
+    m = onnx.load(q)
+    onnx.checker.check_model(m, full_check=True)
+    ops = collections.Counter(n.op_type for n in m.graph.node)
+    assert ops["QuantizeLinear"] == rep["activations"]["tensors"] == len(_pairs(m)) and "BatchNormalization" not in ops
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+    fused = collections.Counter(n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node)
+    # the Conv and the MatMul (+ its folded BatchNorm's shift) run in integer; onnxruntime's CPU provider has no
+    # integer ConvTranspose, so those stay float between their DequantizeLinear and QuantizeLinear
+    assert fused["QLinearConv"] == 1 and fused["QGemm"] + fused["QLinearMatMul"] == 1, fused
+    # the weights are signed codes with zero point 0: the same weights as the unsigned symmetric file
+    w = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    assert w["out.weight_q"].dtype == np.int8 and not np.any(w["out.weight_zp"])
+
+
+def test_minmax_scale_and_zero_point_are_the_closed_form_of_the_captured_tensor(tiny_onnx, tmp_path):
+    q = tmp_path / "q.onnx"
+    quantize_file(tiny_onnx, q, _act(calibration=64))
+    pairs = _pairs(onnx.load(q))
+    seen = _captured(tiny_onnx, list(pairs), 64)
+    for t, (scale, zp, typ) in pairs.items():
+        lo, hi = min(float(seen[t].min()), 0.0), max(float(seen[t].max()), 0.0)
+        want = np.float32((hi - lo) / 255.0)
+        assert typ == onnx.TensorProto.UINT8 and scale == pytest.approx(float(want), rel=1e-6), t
+        assert zp == int(np.clip(np.round(-lo / float(want)), 0, 255)), t
+
+
+def test_symmetric_activations_are_signed_with_zero_point_zero(tiny_onnx, tmp_path):
+    q = tmp_path / "q.onnx"
+    quantize_file(tiny_onnx, q, _act(calibration=64, act_symmetric=True))
+    pairs = _pairs(onnx.load(q))
+    seen = _captured(tiny_onnx, list(pairs), 64)
+    for t, (scale, zp, typ) in pairs.items():
+        a = float(np.abs(seen[t]).max())
+        assert typ == onnx.TensorProto.INT8 and zp == 0 and scale == pytest.approx(2 * a / 255, rel=1e-6), t
+
+
+def test_percentile_ranges_are_numpys_percentiles_of_the_captured_tensor(tiny_onnx, tmp_path):
+    q = tmp_path / "q.onnx"
+    quantize_file(tiny_onnx, q, _act(calibration=32, act_calibration="percentile", act_percentile=99.0))
+    pairs = _pairs(onnx.load(q))
+    seen = _captured(tiny_onnx, list(pairs), 32)
+    for t, (scale, _, _) in pairs.items():
+        v = seen[t].reshape(-1)
+        assert v.size <= 2 ** 20  # every value kept: the percentile is exact
+        lo, hi = min(float(np.percentile(v, 1.0)), 0.0), max(float(np.percentile(v, 99.0)), 0.0)
+        assert scale == pytest.approx((hi - lo) / 255, rel=1e-5), t
+        assert scale < (max(v.max(), 0) - min(v.min(), 0)) / 255  # the tails are clipped
+
+
+@pytest.mark.parametrize("method", ["mse", "entropy"])
+def test_mse_and_entropy_ranges_clip_inside_min_max(tiny_onnx, tmp_path, method):
+    from ganq.quantize.activations import fake_quantize
+
+    q = tmp_path / "q.onnx"
+    rep = quantize_file(tiny_onnx, q, _act(calibration=32, act_calibration=method))
+    pairs = _pairs(onnx.load(q))
+    seen = _captured(tiny_onnx, list(pairs), 32)
+    for t, (scale, zp, _) in pairs.items():
+        v = seen[t].reshape(-1)
+        mm = (max(v.max(), 0) - min(v.min(), 0)) / 255
+        assert scale <= mm * (1 + 1e-6), t
+        if method == "mse":  # never worse than min-max on the values it chose from
+            lo, hi = min(float(v.min()), 0.0), max(float(v.max()), 0.0)
+            z = int(np.clip(np.round(-lo / mm), 0, 255))
+            err = np.mean((fake_quantize(v, scale, zp, 8, False) - v) ** 2)
+            assert err <= np.mean((fake_quantize(v, mm, z, 8, False) - v) ** 2) * (1 + 1e-6), t
+    assert rep["activations"]["calibration"] == method
+
+
+def test_outputs_equal_the_reference_of_the_fake_quantized_graph(tiny_onnx, tmp_path):
+    from onnx.reference import ReferenceEvaluator
+
+    from ganq.onnx_io import sample_latents, session
+    from ganq.runtime import Generator
+
+    q = tmp_path / "q.onnx"
+    quantize_file(tiny_onnx, q, _act(calibration=64))
+    g = Generator(q)
+    assert g.decode == "integer"  # a file with quantized activations runs onnxruntime's integer kernels
+    z = sample_latents(g.spec, 16, 5)
+    ref = ReferenceEvaluator(onnx.load(q)).run(None, {"z": z})[0]
+    plain = session(q, optimization="disable").run(None, {"z": z})[0]
+    assert np.abs(plain - ref).max() <= 1e-5
+    fused = g.run(z)  # integer kernels requantize in their own arithmetic: a code may move by one step
+    d = np.abs(fused - ref)
+    assert d.mean() <= 1e-2 and np.mean(d > 0.05) <= 0.01, (d.mean(), d.max())
+
+
+def test_keep_float_first_and_last_leave_those_layers_float(tiny_onnx, tmp_path):
+    q = tmp_path / "q.onnx"
+    rep = quantize_file(tiny_onnx, q, _act(keep_float=("first", "last", "h6")))
+    pairs = _pairs(onnx.load(q))
+    # first: the MatMul's input z (its output is inside it: the folded BatchNorm's Add); last: the Conv's input
+    assert {"z", "h9", "h6"} <= set(rep["activations"]["kept_float"]) and not {"z", "h9", "h6"} & set(pairs)
+    assert "h3" in pairs
+
+
+def test_activations_off_gives_todays_file(tiny_onnx, tmp_path):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    quantize_file(tiny_onnx, a, QuantizeOptions(bits=4, **SYM))
+    quantize_file(tiny_onnx, b, QuantizeOptions(bits=4, **SYM, activations=0))
+    assert a.read_bytes() == b.read_bytes() and "QuantizeLinear" not in {n.op_type for n in onnx.load(a).graph.node}
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"activations": 7}, "--activations must be 8 or 16"),
+    ({"act_percentile": 0.0}, r"--act-percentile must be in \(0, 100\]"),
+    ({"act_percentile": 100.5}, r"--act-percentile must be in \(0, 100\]"),
+    ({"act_calibration": "kl"}, "--act-calibration must be one of minmax, percentile, mse, entropy"),
+    ({"method": "minmax"}, "--activations needs a symmetric weight grid"),
+    ({"method": "gptq"}, "grid=symmetric"),
+    ({"format": "packed"}, "--activations needs --format int"),
+    ({"float_bits": 16}, "--float-bits 16"),
+])
+def test_bad_activation_options_are_refused_before_any_work(kw, msg):
+    with pytest.raises(GanqError, match=msg):
+        _act(**kw)
+
+
+def test_options_that_need_activations_are_refused_without_them():
+    with pytest.raises(GanqError, match="need --activations"):
+        QuantizeOptions(bits=8, keep_float=("last",))
+
+
+def test_cli_refuses_an_unknown_keep_float_tensor_in_one_line_and_writes_nothing(tiny_onnx, tmp_path):
+    out = tmp_path / "q.onnx"
+    r = subprocess.run([sys.executable, "-m", "ganq", "quantize", str(tiny_onnx), "--out", str(out), "--bits", "8",
+                        "--method", "symmetric", "--format", "int", "--activations", "8", "--keep-float", "nope"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "--keep-float nope" in r.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_weight_with_an_offset_is_refused_naming_it(tiny_onnx, tmp_path):
+    # a plan that gives one tensor an offset grid (minmax) under --activations: refused after solving, nothing written
+    import json
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"tensors": {"up1.weight": {"method": "minmax"}}}))
+    with pytest.raises(GanqError, match="weight up1.weight has an offset"):
+        quantize_file(tiny_onnx, tmp_path / "q.onnx", _act(plan_file=str(plan)))
+    assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["gptq", "adaround"])
+def test_calibrated_methods_round_onto_the_symmetric_grid(tiny_onnx, tmp_path, name):
+    opts = (("grid", "symmetric"),) + ((("steps", "20"),) if name == "adaround" else ())
+    q = tmp_path / "q.onnx"
+    rep = quantize_file(tiny_onnx, q, QuantizeOptions(bits=4, method=name, method_opts=opts, calibration=64,
+                                                      activations=8, granularity="channel", format="int"))
+    rows = {r["tensor"]: r for r in rep["tensors"]}
+    assert rows["up1.weight"]["method"] == name
+    w = {i.name: numpy_helper.to_array(i) for i in onnx.load(q).graph.initializer}
+    codes = w["up1.weight_q"].astype(np.int32)
+    assert codes.min() >= -7 and codes.max() <= 7 and not np.any(w["up1.weight_zp"].astype(np.int32))
+    info = rows["up1.weight"].get("info", rows["up1.weight"])
+    if "output_error" in info:
+        assert info["output_error"] <= info["output_error_nearest"] * (1 + 1e-9)
