@@ -212,3 +212,27 @@ def test_calibrated_methods_round_onto_the_symmetric_grid(tiny_onnx, tmp_path, n
     info = rows["up1.weight"].get("info", rows["up1.weight"])
     if "output_error" in info:
         assert info["output_error"] <= info["output_error_nearest"] * (1 + 1e-9)
+
+
+def test_another_tools_qdq_file_runs_integer_kernels_too(tiny_onnx, tmp_path):
+    """onnxruntime's quantize_static file (the benchmark's anchor) gets the integer decode, not the float one."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from ganq.onnx_io import copy_metadata, load_model
+    from ganq.runtime import Generator
+
+    g = Generator(tiny_onnx)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"z": g.latents(16, 1)}])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = tmp_path / "ort.onnx"
+    quantize_static(str(tiny_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    m = onnx.load(out)
+    copy_metadata(load_model(tiny_onnx, external_data=False), m)
+    onnx.save(m, out)
+    assert Generator(out).decode == "integer" and Generator(tiny_onnx).decode == "once"

@@ -292,9 +292,10 @@ def infer_inputs(model, given: dict[str, dict], latent_dim: int | None, latent: 
 
 
 def default_decode(model, decode: str = "once") -> str:
-    """The decode a session of this file uses: "integer" for a file with quantized activations asked "once"."""
-    quant = read_quant(model) or {}
-    return "integer" if decode == "once" and quant.get("activations") else decode
+    """The decode a session of this file uses: "integer" for a file with quantized activations (any QuantizeLinear:
+    ganq's --activations or another tool's QDQ file) asked "once"."""
+    quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    return "integer" if decode == "once" and quantized else decode
 
 
 def read_quant(model) -> dict | None:

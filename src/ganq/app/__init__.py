@@ -102,15 +102,17 @@ def sample_strip(spec):
 def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = None, title: str | None = None,
               decode: str = "once") -> dict:
     """Write the app folder `out` for generator `model`; returns what app.json holds. decode: "once" (the page
-    folds the weights' decoders when its session is made) or "per-call" (decoded on every run: less memory)."""
+    folds the weights' decoders when its session is made) or "per-call" (decoded on every run: less memory); a file
+    with quantized activations gets "integer" (onnxruntime-web's QDQ fusions on)."""
     import onnx
 
-    from ganq.onnx_io import META_QUANT, batch_mode, check_spec, load_model, read_metadata, read_spec
+    from ganq.onnx_io import META_QUANT, batch_mode, check_spec, default_decode, load_model, read_metadata, read_spec
 
     model, out = Path(model), Path(out)
     if decode not in ("once", "per-call"):
         raise GanqError(f"--decode must be once or per-call, got {decode!r}")
     proto = load_model(model)
+    decode = default_decode(proto, decode)  # a file with quantized activations: the integer kernels, as in Python
     spec = read_spec(proto, str(model))
     check_spec(proto, spec, str(model))
     # weights in external data: load_model read them into proto, and the page's one file carries them inline

@@ -140,9 +140,10 @@ async function main() {
   const session = await ort.InferenceSession.create(cfg.model, {
     executionProviders: ["wasm"],
     // as ganq's Python runtime: never swap DequantizeLinear -> MatMul for MatMulNBits with 8-bit activations, and
-    // (decode "once", the default) fold the weights' DequantizeLinear into float weights when the session is made
+    // (decode "once", the default) fold the weights' DequantizeLinear into float weights when the session is made;
+    // "integer" (a file with quantized activations) keeps the QDQ fusions on: the integer kernels
     extra: { session: { qdq_matmulnbits_accuracy_level: "0",
-                        ...(cfg.decode === "per-call" ? {} : { disable_quant_qdq: "1" }) } },
+                        ...(cfg.decode === "once" ? { disable_quant_qdq: "1" } : {}) } },
   });
   const tLoad = performance.now() - t0;
 
