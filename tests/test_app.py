@@ -39,7 +39,9 @@ def models(tmp_path_factory):
     src = resolve_model("zoo:fashion-mnist-cnn3")
     quantize_file(src, d / "int4.onnx", QuantizeOptions(bits=4, format="int", granularity="channel"))
     quantize_file(src, d / "packed3.onnx", QuantizeOptions(bits=3, format="packed"))
-    return {"fp32": src, "int4": d / "int4.onnx", "packed3": d / "packed3.onnx"}
+    quantize_file(src, d / "w8a8.onnx", QuantizeOptions(bits=8, method="symmetric", format="int", granularity="channel",
+                                                        activations=8, calibration=256, keep_float=("last",)))
+    return {"fp32": src, "int4": d / "int4.onnx", "packed3": d / "packed3.onnx", "w8a8": d / "w8a8.onnx"}
 
 
 def test_app_folder_contents(models, tmp_path):
@@ -95,7 +97,7 @@ def _in_browser(folder: Path, payload: dict, tmp_path: Path, shot: Path | None =
         httpd.server_close()
 
 
-@pytest.mark.parametrize("kind", ["fp32", "int4", "packed3"])
+@pytest.mark.parametrize("kind", ["fp32", "int4", "packed3", "w8a8"])
 def test_page_matches_python_onnxruntime(models, kind, tmp_path):
     why = _browser_missing()
     if why:
@@ -108,6 +110,8 @@ def test_page_matches_python_onnxruntime(models, kind, tmp_path):
     want = ort.InferenceSession(str(models[kind]), session_options(), providers=["CPUExecutionProvider"]).run(
         None, {"z": z})[0]
     image = np.asarray(got["image"], np.float32).reshape(want.shape)
+    if kind == "w8a8":  # integer kernels on both sides (the page keeps the QDQ fusions on for this file)
+        assert json.loads((folder / "app.json").read_text())["decode"] == "integer"
     assert np.abs(image - want).max() <= 1e-5, np.abs(image - want).max()
     t = got["timings"]
     assert t["cross_origin_isolated"] and t["threads"] >= 1 and t["per_image_ms_batch16"] > 0
