@@ -236,3 +236,26 @@ def test_another_tools_qdq_file_runs_integer_kernels_too(tiny_onnx, tmp_path):
     copy_metadata(load_model(tiny_onnx, external_data=False), m)
     onnx.save(m, out)
     assert Generator(out).decode == "integer" and Generator(tiny_onnx).decode == "once"
+
+
+def test_per_tensor_activation_bits_from_the_option_and_the_plan_file(tiny_onnx, tmp_path):
+    import json
+
+    q = tmp_path / "q.onnx"
+    rep = quantize_file(tiny_onnx, q, _act(calibration=32, act_tensor_bits=(("h6", 16), ("h9", 32))))
+    pairs = _pairs(onnx.load(q))
+    assert pairs["h6"][2] == onnx.TensorProto.UINT16 and pairs["h3"][2] == onnx.TensorProto.UINT8
+    assert "h9" not in pairs and "h9" in rep["activations"]["kept_float"] and rep["activations"]["at_16_bits"] == ["h6"]
+    seen = _captured(tiny_onnx, ["h6"], 32)["h6"]
+    assert pairs["h6"][0] == pytest.approx((max(seen.max(), 0) - min(seen.min(), 0)) / 65535, rel=1e-6)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"tensors": {}, "activations": {"h6": 16, "last": 32}}))
+    rep2 = quantize_file(tiny_onnx, tmp_path / "p.onnx", _act(calibration=32, plan_file=str(plan)))
+    assert rep2["activations"]["at_16_bits"] == ["h6"] and "h9" in rep2["activations"]["kept_float"]
+    with pytest.raises(GanqError, match="--act-tensor-bits must be NAME=8, NAME=16 or NAME=32"):
+        from ganq.quantize.plan import parse_act_bits
+        parse_act_bits(["h6=12"])
+    with pytest.raises(GanqError, match="--act-tensor-bits nope: not an activation tensor"):
+        quantize_file(tiny_onnx, tmp_path / "n.onnx", _act(calibration=32, act_tensor_bits=(("nope", 16),)))
+    with pytest.raises(GanqError, match="need --activations"):
+        QuantizeOptions(bits=8, **SYM, plan_file=str(plan))

@@ -50,6 +50,9 @@ def _render_quant(r: dict) -> None:
     if r.get("activations"):
         a = r["activations"]
         kept = f"; kept float: {', '.join(a['kept_float'])}" if a["kept_float"] else ""
+        wide = a.get("at_16_bits", [])
+        if wide and a["bits"] == 8:
+            kept += f"; at 16 bits: {', '.join(wide)}"
         out_console.print(f"activations: {a['tensors']} tensors at {a['bits']} bits ({a['calibration']}, "
                           f"{'symmetric' if a['symmetric'] else 'asymmetric'}){kept}", highlight=False)
     if r.get("weight_share") is not None:
@@ -92,6 +95,9 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
              keep_float: Annotated[Optional[list[str]], typer.Option(
                  help="With --activations: an activation tensor that stays float, or first / last (that weight "
                       "layer's input and output); repeatable")] = None,
+             act_tensor_bits: Annotated[Optional[list[str]], typer.Option(
+                 help="With --activations: NAME=8|16|32 for one activation tensor (32: float; NAME may be first / "
+                      "last); repeatable; a plan file's \"activations\" does the same")] = None,
              include_bias: Annotated[bool, typer.Option("--include-bias", help="Quantize biases too")] = False,
              keep_overridable: Annotated[bool, typer.Option(
                  "--keep-overridable", help="Initializers listed as graph inputs stay inputs (not quantized)")] = False,
@@ -130,7 +136,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     from ganq.onnx_io import resolve_model
     from ganq.quantize import QuantizeOptions, quantize_file
     from ganq.quantize.pipeline import check_output
-    from ganq.quantize.plan import parse_tensor_bits
+    from ganq.quantize.plan import parse_act_bits, parse_tensor_bits
     from ganq.study.mixed import check_outputs, mixed_request
 
     bits, mixed = mixed_request(bits, tensor_bits, plan, target, budget, avg_bits, bits_choices, proxy_n, verify_n,
@@ -143,7 +149,8 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                            calibration_seed=calibration_seed, recalibrate_bn=recalibrate_bn,
                            bn_into_decoder=bn_into_decoder, float_bits=float_bits, activations=activations,
                            act_calibration=act_calibration, act_percentile=act_percentile,
-                           act_symmetric=act_symmetric, keep_float=tuple(keep_float or ()))
+                           act_symmetric=act_symmetric, keep_float=tuple(keep_float or ()),
+                           act_tensor_bits=parse_act_bits(act_tensor_bits or []))
     src = resolve_model(model)
     (check_output if mixed is None else check_outputs)(src, out, force)
     if mixed is not None:

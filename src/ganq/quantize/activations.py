@@ -56,7 +56,8 @@ BATCH_BYTES = 256 * 2 ** 20
 @dataclass(frozen=True)
 class ActivationPlan:
     tensors: tuple[str, ...]     # the activations that get a QDQ pair, in graph order
-    kept_float: tuple[str, ...]  # candidates --keep-float took out
+    kept_float: tuple[str, ...]  # candidates left float (--keep-float, or 32 bits by --act-tensor-bits)
+    bits: dict                   # {tensor: 8 | 16}
 
 
 def qtypes(bits: int, symmetric: bool) -> tuple[int, type]:
@@ -84,8 +85,10 @@ def _float_tensors(model) -> set[str]:
             if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
 
 
-def plan_activations(model, keep_float: tuple[str, ...] = ()) -> ActivationPlan:
-    """The activation tensors to quantize (see the module's doc); a --keep-float name that is not one of the
+def plan_activations(model, keep_float: tuple[str, ...] = (), bits: int = 8,
+                     act_bits: tuple[tuple[str, int], ...] = ()) -> ActivationPlan:
+    """The activation tensors to quantize and each one's bits (see the module's doc): `bits` for all, float for
+    keep_float's, then act_bits' (NAME | first | last, 8 | 16 | 32 = float); a name that is not one of the
     candidates is one GanqError naming it."""
     g = model.graph
     const = _constants(g)
@@ -110,23 +113,26 @@ def plan_activations(model, keep_float: tuple[str, ...] = ()) -> ActivationPlan:
         for t in list(ins) + list(node.output):
             if t and t not in const and t in floats and t not in outputs and t not in inner and t not in chosen:
                 chosen.append(t)
-    drop: list[str] = []
-    for name in keep_float:
+    def resolve(name: str, what: str) -> list[str]:
         if name in ("first", "last"):
             if not weight_nodes:
-                raise GanqError(f"--keep-float {name}: the model has no weight layer")
+                raise GanqError(f"{what} {name}: the model has no weight layer")
             node = weight_nodes[0] if name == "first" else weight_nodes[-1]
-            drop += [t for t in (node.input[0], node.output[0]) if t in chosen]
-        elif name in chosen:
-            drop.append(name)
-        else:
-            some = ", ".join(chosen[:6]) + (", ..." if len(chosen) > 6 else "")
-            raise GanqError(f"--keep-float {name}: not an activation tensor of the model (they are: {some}; or "
-                            "first, last)")
-    kept = tuple(t for t in chosen if t not in drop)
+            return [t for t in (node.input[0], node.output[0]) if t in chosen]
+        if name in chosen:
+            return [name]
+        some = ", ".join(chosen[:6]) + (", ..." if len(chosen) > 6 else "")
+        raise GanqError(f"{what} {name}: not an activation tensor of the model (they are: {some}; or first, last)")
+
+    width = {t: bits for t in chosen}
+    for name in keep_float:
+        width.update({t: 32 for t in resolve(name, "--keep-float")})
+    for name, b in act_bits:
+        width.update({t: b for t in resolve(name, "--act-tensor-bits")})
+    kept = tuple(t for t in chosen if width[t] != 32)
     if not kept:
         raise GanqError("--activations: no activation tensor left to quantize")
-    return ActivationPlan(kept, tuple(dict.fromkeys(drop)))
+    return ActivationPlan(kept, tuple(t for t in chosen if width[t] == 32), {t: width[t] for t in kept})
 
 
 # --- ranges ---
@@ -183,7 +189,7 @@ def activation_range(name: str, values: np.ndarray, lo: float, hi: float, method
     return _entropy_range(name, values, symmetric)
 
 
-def calibrate_activations(calib, tensors: tuple[str, ...], method: str, bits: int, symmetric: bool,
+def calibrate_activations(calib, tensors: tuple[str, ...], method: str, bits: dict, symmetric: bool,
                           percentile: float) -> dict[str, dict]:
     """{tensor: {lo, hi, scale, zero_point, seen, kept}} over every calibration input, one pass."""
     per_sample = next(calib.batches(list(tensors), 1))
@@ -206,9 +212,10 @@ def calibrate_activations(calib, tensors: tuple[str, ...], method: str, bits: in
     out = {}
     for t in tensors:
         values = np.concatenate(kept[t]) if kept[t] else np.zeros(0, np.float32)
-        a, b = activation_range(t, values, lo[t], hi[t], method, bits, symmetric, percentile)
-        s, z = scale_zero_point(a, b, bits, symmetric)
+        a, b = activation_range(t, values, lo[t], hi[t], method, bits[t], symmetric, percentile)
+        s, z = scale_zero_point(a, b, bits[t], symmetric)
         out[t] = {"lo": a, "hi": b, "min": lo[t], "max": hi[t], "scale": float(s), "zero_point": int(z),
+                  "bits": bits[t],
                   "seen": seen[t], "kept": int(values.size) if method != "minmax" else seen[t]}
     return out
 
@@ -250,11 +257,10 @@ def signed_weights(model) -> int:
     return done
 
 
-def insert_qdq(model, ranges: dict[str, dict], bits: int, symmetric: bool) -> None:
+def insert_qdq(model, ranges: dict[str, dict], symmetric: bool) -> None:
     """A QuantizeLinear -> DequantizeLinear pair after each tensor of `ranges` (right after its producer, so the
     nodes stay in topological order); every other consumer reads the DequantizeLinear's output."""
     g = model.graph
-    onnx_type, np_type = qtypes(bits, symmetric)
     taken = {i.name for i in g.initializer} | {t for n in g.node for t in list(n.input) + list(n.output)}
 
     def fresh(name):
@@ -268,7 +274,7 @@ def insert_qdq(model, ranges: dict[str, dict], bits: int, symmetric: bool) -> No
     for t, r in ranges.items():
         s, z, q, dq = (fresh(f"{t}_act_scale"), fresh(f"{t}_act_zp"), fresh(f"{t}_act_q"), fresh(f"{t}_act"))
         g.initializer.extend([numpy_helper.from_array(np.array(r["scale"], np.float32), s),
-                              numpy_helper.from_array(np.array(r["zero_point"], np_type), z)])
+                              numpy_helper.from_array(np.array(r["zero_point"], qtypes(r["bits"], symmetric)[1]), z)])
         pairs[t] = [helper.make_node("QuantizeLinear", [t, s, z], [q], name=q),
                     helper.make_node("DequantizeLinear", [q, s, z], [dq], name=dq)]
         names[t] = dq
@@ -289,14 +295,14 @@ def insert_qdq(model, ranges: dict[str, dict], bits: int, symmetric: bool) -> No
 
 def quantize_activations(model, options, calib) -> dict:
     """Quantize `model`'s activations in place (see the module's doc); returns the record for ganq.quant."""
-    plan = plan_activations(model, options.keep_float)
+    plan = plan_activations(model, options.keep_float, options.activations, options.act_overrides)
     n = signed_weights(model)
-    ranges = calibrate_activations(calib, plan.tensors, options.act_calibration, options.activations,
+    ranges = calibrate_activations(calib, plan.tensors, options.act_calibration, plan.bits,
                                    options.act_symmetric, options.act_percentile)
-    insert_qdq(model, ranges, options.activations, options.act_symmetric)
+    insert_qdq(model, ranges, options.act_symmetric)
     rec = {"bits": options.activations, "calibration": options.act_calibration,
            "symmetric": options.act_symmetric, "tensors": len(plan.tensors), "kept_float": list(plan.kept_float),
-           "signed_weights": n,
+           "signed_weights": n, "at_16_bits": [t for t, b in plan.bits.items() if b == 16],
            "ranges": {t: [round(r["lo"], 6), round(r["hi"], 6), r["scale"], r["zero_point"]]
                       for t, r in ranges.items()}}
     if options.act_calibration == "percentile":

@@ -47,8 +47,10 @@ class QuantizeOptions:
     act_percentile: float = 99.99
     act_symmetric: bool = False
     keep_float: tuple = ()         # activation tensors (or first / last) that stay float
+    act_tensor_bits: tuple = ()    # ((NAME | first | last, 8 | 16 | 32), ...): per activation tensor (32: float)
     method_config: object = field(default=None, init=False, compare=False, repr=False)
     overrides: dict = field(default=None, init=False, compare=False, repr=False)
+    act_overrides: tuple = field(default=(), init=False, compare=False, repr=False)  # the plan file's, then the CLI's
 
     def __post_init__(self):
         check_bits(self.bits)
@@ -67,13 +69,20 @@ class QuantizeOptions:
         self._check_activations(config)
         object.__setattr__(self, "method_config", config)
         object.__setattr__(self, "overrides", read_plan_file(self.plan_file) if self.plan_file else {})
+        from ganq.quantize.plan import read_plan_activations
+        acts = (read_plan_activations(self.plan_file) if self.plan_file else ()) + tuple(self.act_tensor_bits)
+        if acts and not self.activations:
+            raise GanqError("activation bits (--act-tensor-bits, or the plan's \"activations\") need --activations 8 "
+                            "or 16")
+        object.__setattr__(self, "act_overrides", acts)
 
     def _check_activations(self, config) -> None:
         from ganq.quantize.activations import ACTIVATION_BITS, CALIBRATIONS
 
         if not self.activations:
-            if self.keep_float or self.act_calibration != "minmax" or self.act_symmetric:
-                raise GanqError("--keep-float, --act-calibration and --act-symmetric need --activations 8 or 16")
+            if self.keep_float or self.act_tensor_bits or self.act_calibration != "minmax" or self.act_symmetric:
+                raise GanqError("--keep-float, --act-tensor-bits, --act-calibration and --act-symmetric need "
+                                "--activations 8 or 16")
             return
         if self.activations not in ACTIVATION_BITS:
             raise GanqError(f"--activations must be 8 or 16 (0: weights only), got {self.activations!r}")

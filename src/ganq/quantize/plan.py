@@ -76,9 +76,31 @@ def parse_tensor_bits(items) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def parse_act_bits(items) -> tuple[tuple[str, int], ...]:
+    """--act-tensor-bits ['NAME=BITS', ...] -> ((NAME, BITS), ...): an activation tensor (or first / last) at 8 or
+    16 bits, or 32 (float)."""
+    out = []
+    for item in items:
+        name, sep, value = str(item).rpartition("=")
+        if not sep or not name or value not in ("8", "16", "32"):
+            raise GanqError(f"--act-tensor-bits must be NAME=8, NAME=16 or NAME=32 (float; NAME: an activation "
+                            f"tensor, or first/last), got {item!r}")
+        out.append((name, int(value)))
+    return tuple(out)
+
+
+def read_plan_activations(path: str | Path) -> tuple[tuple[str, int], ...]:
+    """The plan file's optional "activations": {NAME: 8 | 16 | 32} (what --act-tensor-bits gives)."""
+    d = json.loads(Path(path).read_text())  # read_plan_file has checked that it parses
+    acts = d.get("activations", {}) if isinstance(d, dict) else {}
+    if not isinstance(acts, dict):
+        raise GanqError(f"{path}: \"activations\" must be {{NAME: 8 | 16 | 32}}")
+    return parse_act_bits([f"{k}={v}" for k, v in acts.items()])
+
+
 def read_plan_file(path: str | Path) -> dict[str, dict]:
-    """A plan JSON ({"tensors": {NAME: {"bits": B, "method": M, "method_opts": {...}, "granularity": G}}}) as
-    per-tensor overrides."""
+    """A plan JSON ({"tensors": {NAME: {"bits": B, "method": M, "method_opts": {...}, "granularity": G}}}, and
+    optionally "activations": {NAME: 8 | 16 | 32}, read by read_plan_activations) as per-tensor overrides."""
     path = Path(path)
     try:
         d = json.loads(path.read_text())
