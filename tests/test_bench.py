@@ -55,3 +55,15 @@ def test_parse_ints():
     assert parse_ints("1, 64,512", "x") == [1, 64, 512]
     with pytest.raises(GanqError):
         parse_ints("", "x")
+
+
+def test_a_provider_this_onnxruntime_lacks_is_one_line_before_any_work(tiny_onnx):
+    import onnxruntime as ort
+
+    from ganq.errors import GanqError
+    from ganq.runtime.bench import BenchSettings
+
+    if "XnnpackExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has XNNPACK")
+    with pytest.raises(GanqError, match="provider xnnpack is not available in this onnxruntime .*--use_xnnpack"):
+        BenchSettings(models=(str(tiny_onnx),), provider="xnnpack")

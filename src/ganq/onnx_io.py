@@ -23,7 +23,9 @@ from ganq.spec import GeneratorSpec
 META_SPEC = "ganq.spec"
 META_QUANT = "ganq.quant"
 META_FEATURES = "ganq.features"
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# xnnpack: integer kernels on ARM and x86 (a build of onnxruntime that has it, e.g. the Android package)
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "xnnpack": "XnnpackExecutionProvider"}
+PROVIDER_HINT = {"cuda": "pip install onnxruntime-gpu", "xnnpack": "a build with --use_xnnpack (not on PyPI for x86)"}
 OPTIMIZATION = ("disable", "basic", "extended", "all")
 # how a session handles the DequantizeLinear of weight-only files: "once" folds it into float32 weights when the
 # session is made (onnxruntime keeps QDQ nodes unless session.disable_quant_qdq=1), "per-call" decodes the weights on
@@ -433,20 +435,27 @@ def prune(graph, outputs: list[str]) -> None:
     graph.initializer.extend(inits)
 
 
-def session(model, provider: str = "cpu", threads: int | None = None, *, outputs: list[str] | None = None,
-            config: dict | None = None, optimization: str | None = None, quiet: bool = False,
-            decode: str | None = None):
-    """The one onnxruntime InferenceSession recipe. model: a path, serialized bytes or an onnx.ModelProto;
-    provider cpu or cuda; outputs: make these tensors the graph's outputs and drop every node they do not need
-    (onnxruntime runs every node otherwise, needed or not)."""
+def check_provider(provider: str) -> None:
+    """One line when the provider is unknown, or missing from the installed onnxruntime."""
     import onnxruntime as ort
 
     if provider not in PROVIDERS:
         raise GanqError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    if PROVIDERS[provider] not in ort.get_available_providers():
+        raise GanqError(f"provider {provider} is not available in this onnxruntime (has "
+                        f"{', '.join(ort.get_available_providers())}); for {provider}: {PROVIDER_HINT.get(provider, '')}")
+
+
+def session(model, provider: str = "cpu", threads: int | None = None, *, outputs: list[str] | None = None,
+            config: dict | None = None, optimization: str | None = None, quiet: bool = False,
+            decode: str | None = None):
+    """The one onnxruntime InferenceSession recipe. model: a path, serialized bytes or an onnx.ModelProto;
+    provider cpu, cuda or xnnpack; outputs: make these tensors the graph's outputs and drop every node they do not need
+    (onnxruntime runs every node otherwise, needed or not)."""
+    import onnxruntime as ort
+
+    check_provider(provider)
     name = PROVIDERS[provider]
-    if name not in ort.get_available_providers():
-        raise GanqError(f"provider {provider} is not available in this onnxruntime "
-                        f"(has {', '.join(ort.get_available_providers())}); for cuda: pip install onnxruntime-gpu")
     if decode is not None:
         if decode not in DECODE:
             raise GanqError(f"--decode must be {' or '.join(DECODE)}, got {decode!r}")
@@ -472,7 +481,8 @@ def session(model, provider: str = "cpu", threads: int | None = None, *, outputs
     else:
         src = model if isinstance(model, bytes) else model.SerializeToString()
     try:
-        return ort.InferenceSession(src, so, providers=[name])
+        # the CPU provider after another runs what that one has no kernel for (XNNPACK has few)
+        return ort.InferenceSession(src, so, providers=[name] + ([PROVIDERS["cpu"]] if provider != "cpu" else []))
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
         raise GanqError(f"{label}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
 
@@ -738,5 +748,5 @@ def random_feed(model, seed: int = 0) -> dict | None:
 __all__ = ["META_SPEC", "META_QUANT", "META_FEATURES", "PROVIDERS", "DECODE", "resolve_model", "load_model", "save_model",
            "read_metadata", "write_metadata", "copy_metadata", "read_spec", "read_quant", "default_decode", "describe", "check_spec",
            "infer_inputs", "graph_inputs", "fixed_batch", "symbolic_batch", "dynamic_batch", "batch_mode", "run_batched",
-           "session_options", "session", "run", "prune", "sample_latents", "sample_inputs", "probe_inputs",
+           "session_options", "check_provider", "session", "run", "prune", "sample_latents", "sample_inputs", "probe_inputs",
            "draw_input", "slice_feed", "feed_size", "note_once", "random_feed"]

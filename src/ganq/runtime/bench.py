@@ -70,6 +70,8 @@ class BenchSettings:
 
         if self.provider not in PROVIDERS:
             raise GanqError(f"unknown provider {self.provider!r}; choose one of {', '.join(PROVIDERS)}")
+        from ganq.onnx_io import check_provider
+        check_provider(self.provider)
         if self.qdq != "both" and self.qdq not in QDQ_MODES:
             raise GanqError(f"--qdq must be keep, fold or both, got {self.qdq!r}")
         if self.warmup < 0 or self.repeat < 1:
