@@ -259,3 +259,47 @@ def test_per_tensor_activation_bits_from_the_option_and_the_plan_file(tiny_onnx,
         quantize_file(tiny_onnx, tmp_path / "n.onnx", _act(calibration=32, act_tensor_bits=(("nope", 16),)))
     with pytest.raises(GanqError, match="need --activations"):
         QuantizeOptions(bits=8, **SYM, plan_file=str(plan))
+
+
+def test_the_activation_search_widens_exactly_the_tensor_that_costs_quality(tiny_onnx, tiny_classifier,
+                                                                              toy_data_root, tmp_path, monkeypatch):
+    """A file whose h9 is quantized at 8 bits is made to cost 30 FID (by a wrapped evaluate): the search must widen
+    h9 to 16 bits and nothing else, verify the file, and write the widths as a plan that --plan reuses."""
+    import importlib
+    import json
+
+    from ganq.study.act_search import ActSearchOptions, activation_search
+
+    ev = importlib.import_module("ganq.evaluate.run")
+    real = ev.evaluate
+
+    def h9_costs(model, *a, **k):
+        out = real(model, *a, **k)
+        pairs = _pairs(onnx.load(str(model))) if str(model).endswith(".onnx") else {}
+        if "h9" in pairs and pairs["h9"][2] == onnx.TensorProto.UINT8:
+            out["fid"] += 30.0
+        return out
+
+    monkeypatch.setattr(ev, "evaluate", h9_costs)
+    out = tmp_path / "s.onnx"
+    r = activation_search(tiny_onnx, out, _act(calibration=32), ActSearchOptions("fid=1.5", proxy_n=100, verify_n=100),
+                          dataset="mnist", features=str(tiny_classifier[0]), data_root=toy_data_root)
+    loss = {x["tensor"]: x["loss"] for x in r["tensors"]}
+    assert max(loss, key=loss.get) == "h9" and loss["h9"] >= 25
+    assert r["widened"] == {"h9": 16} and r["rounds"][-1]["meets"] and r["verified"] <= 1.5 * r["fp32"]
+    assert json.loads((tmp_path / "s.onnx.plan.json").read_text()) == {"tensors": {}, "activations": {"h9": 16}}
+    pairs = _pairs(onnx.load(out))
+    assert pairs["h9"][2] == onnx.TensorProto.UINT16 and pairs["h3"][2] == onnx.TensorProto.UINT8
+    again = quantize_file(tiny_onnx, tmp_path / "p.onnx", _act(calibration=32, plan_file=str(out) + ".plan.json"))
+    assert again["activations"]["at_16_bits"] == ["h9"]
+
+
+def test_the_activation_search_refuses_what_it_does_not_take():
+    from ganq.study.act_search import check_request
+
+    with pytest.raises(GanqError, match="takes --target only"):
+        check_request(8, (), "300KiB", None, None)
+    with pytest.raises(GanqError, match="drop --plan and --act-tensor-bits"):
+        check_request(8, ["h6=16"], None, None, None)
+    with pytest.raises(GanqError, match="needs --bits"):
+        check_request(None, (), None, None, None)

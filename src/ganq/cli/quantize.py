@@ -139,8 +139,16 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     from ganq.quantize.plan import parse_act_bits, parse_tensor_bits
     from ganq.study.mixed import check_outputs, mixed_request
 
-    bits, mixed = mixed_request(bits, tensor_bits, plan, target, budget, avg_bits, bits_choices, proxy_n, verify_n,
-                                max_rounds)
+    act_search = None
+    if activations and (target or budget or avg_bits):  # the activations' widths by a GAN metric, weights as given
+        from ganq.study.act_search import ActSearchOptions, check_request
+
+        check_request(bits, act_tensor_bits, budget, avg_bits, plan)
+        act_search, mixed = ActSearchOptions(target=target, proxy_n=proxy_n, verify_n=verify_n,
+                                             max_rounds=max_rounds), None
+    else:
+        bits, mixed = mixed_request(bits, tensor_bits, plan, target, budget, avg_bits, bits_choices, proxy_n,
+                                    verify_n, max_rounds)
     opts = QuantizeOptions(bits=bits, method=method, method_opts=method_options(method_opt),
                            granularity=granularity, format=format, fold_bn=fold_bn, include_bias=include_bias,
                            tensor_bits=parse_tensor_bits(tensor_bits or []),
@@ -152,7 +160,10 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                            act_symmetric=act_symmetric, keep_float=tuple(keep_float or ()),
                            act_tensor_bits=parse_act_bits(act_tensor_bits or []))
     src = resolve_model(model)
-    (check_output if mixed is None else check_outputs)(src, out, force)
+    (check_output if mixed is None and act_search is None else check_outputs)(src, out, force)
+    if act_search is not None:
+        _act_search(src, out, opts, act_search, dataset, features, data_root, as_json)
+        return
     if mixed is not None:
         _mixed(src, out, opts, mixed, dataset, features, data_root, as_json)
         return
@@ -202,6 +213,36 @@ def _mixed(src, out, opts, mixed, dataset, features, data_root, as_json) -> None
                            progress=lambda what, done=1: bar.update(task, advance=done, now=what))
 
     emit(r, as_json, _render_mixed)
+
+
+def _act_search(src, out, opts, search, dataset, features, data_root, as_json) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ganq.onnx_io import load_model
+    from ganq.quantize.activations import plan_activations
+    from ganq.study.act_search import activation_search, steps
+
+    n = len(plan_activations(load_model(src, external_data=False)).tensors)  # an estimate before BatchNorm folds
+    with Progress(TextColumn("activation widths: {task.fields[now]}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("act", total=steps(n, search), now="activations")
+        r = activation_search(src, out, opts, search, dataset=dataset, features=features, data_root=data_root,
+                              progress=lambda what, done=1: bar.update(task, advance=done, now=what))
+    emit(r, as_json, _render_act_search)
+
+
+def _render_act_search(r: dict) -> None:
+    rows = [[x["tensor"], f"{x['proxy']:.2f}", f"{x['loss']:.2f}", "float" if x["chosen"] == 32 else x["chosen"]]
+            for x in r["tensors"]]
+    out_console.print(table(f"per-activation {r['metric']} loss on {r['proxy_n']:,} images (each tensor alone at "
+                             f"{r['activations']} bits, the others float; weights-only {r['weights_only_proxy']:.2f}, "
+                             f"fp32 {r['fp32_proxy']:.2f}) and the chosen widths",
+                             ["tensor", r["metric"], "loss", "chosen"], rows))
+    v = r["rounds"][-1]
+    out_console.print(f"verified on {r['verify_n']:,} + {r['verify_n']:,} images: {r['metric']} {r['verified']:.2f} "
+                      f"against fp32 {r['fp32']:.2f} x {r['ratio']} ({len(r['rounds'])} verification(s)); "
+                      f"{len(r['widened'])} tensor(s) widened; {v['bytes_file']:,} bytes", highlight=False)
+    out_console.print(f"wrote {r['out']} and {r['plan_file']}", highlight=False)
 
 
 def _render_mixed(r: dict) -> None:
