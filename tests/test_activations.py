@@ -303,3 +303,13 @@ def test_the_activation_search_refuses_what_it_does_not_take():
         check_request(8, ["h6=16"], None, None, None)
     with pytest.raises(GanqError, match="needs --bits"):
         check_request(None, (), None, None, None)
+
+
+def test_export_ort_keeps_an_integer_file_integer(tiny_onnx, tmp_path):
+    from ganq.app.mobile import export_ort, read_operators
+
+    q = tmp_path / "q.onnx"
+    quantize_file(tiny_onnx, q, _act(calibration=32))
+    r = export_ort(q, tmp_path / "q.ort")
+    ops = read_operators(tmp_path / "q.required_operators.config")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(ops) and "BatchNormalization" not in ops, (r, ops)

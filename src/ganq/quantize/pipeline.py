@@ -7,6 +7,8 @@
     correct (quantize.correct)  BatchNorm re-estimation / bias correction (--recalibrate-bn)
     emit    (quantize.formats)  a format stores codes and decoder (fake / int / packed) through one GraphEdit,
                                 committed once
+    activations (quantize.activations)  --activations only: QDQ pairs on the activations, calibrated through the
+                                weight-quantized graph
     record  (quantize.record)   the size report as `ganq.quant` metadata; onnx.checker
 """
 
