@@ -115,6 +115,27 @@ def test_every_method_and_format_on_every_family(tmp_path_factory, name, method,
     assert np.isfinite(outs["fake"]).all()
 
 
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_integer_activations_on_every_family(tmp_path_factory, name):
+    """--activations 8 on each family: the QDQ file equals onnx.reference (the fake-quantized graph) in onnxruntime
+    without its fusions, and loads and runs with them (the integer kernels)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from ganq.onnx_io import session
+    from ganq.quantize import QuantizeOptions, quantize_model
+
+    path = built(tmp_path_factory, name)
+    feed, spec = _feed(path)
+    q, rep = quantize_model(load_model(path), QuantizeOptions(bits=8, method="symmetric", granularity="channel",
+                                                              format="int", activations=8, calibration=32))
+    assert rep["activations"]["tensors"] >= 9 and rep["weight_share"] >= 0.95
+    ref = ReferenceEvaluator(q).run([spec.output_name], feed)[0]
+    plain = session(q, optimization="disable").run([spec.output_name], feed)[0]
+    fused = session(q).run([spec.output_name], feed)[0]
+    assert np.abs(plain - ref).max() <= 1e-5 and np.isfinite(fused).all()
+    assert np.abs(fused - ref).mean() <= 1e-2
+
+
 def _variants():
     for name in FAMILIES:
         yield from ((name, v) for v in VARIANTS)
