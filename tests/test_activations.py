@@ -313,3 +313,32 @@ def test_export_ort_keeps_an_integer_file_integer(tiny_onnx, tmp_path):
     r = export_ort(q, tmp_path / "q.ort")
     ops = read_operators(tmp_path / "q.required_operators.config")
     assert {"QuantizeLinear", "DequantizeLinear"} <= set(ops) and "BatchNormalization" not in ops, (r, ops)
+
+
+@pytest.mark.parametrize("name", ["gptq", "adaround"])
+def test_calibrated_methods_see_the_quantized_activations(tiny_onnx, tmp_path, monkeypatch, name):
+    """Under --activations a calibrated method's layer inputs are the 8-bit activations (at most 256 distinct
+    values a tensor), and the file keeps exactly one pair per activation tensor."""
+    from ganq.quantize import calibrate
+
+    seen = {}
+    real = calibrate.Calibrator.batches
+
+    def spy(self, outputs, batch):
+        for outs in real(self, outputs, batch):
+            for t, x in zip(outputs, outs):
+                seen.setdefault(t, set()).update(np.unique(x).tolist()[:300])
+            yield outs
+
+    monkeypatch.setattr(calibrate.Calibrator, "batches", spy)
+    opts = (("grid", "symmetric"),) + ((("steps", "20"),) if name == "adaround" else ())
+    q = tmp_path / "q.onnx"
+    rep = quantize_file(tiny_onnx, q, QuantizeOptions(bits=4, method=name, method_opts=opts, calibration=32,
+                                                      activations=8, granularity="channel", format="int"))
+    layer_inputs = {"h3_act", "h6_act", "h9_act"} & set(seen)  # the ConvTranspose / Conv inputs, quantized
+    assert layer_inputs and all(len(seen[t]) <= 256 for t in layer_inputs), {t: len(seen[t]) for t in seen}
+    m = onnx.load(q)
+    ops = collections.Counter(n.op_type for n in m.graph.node)
+    assert ops["QuantizeLinear"] == rep["activations"]["tensors"] == len(_pairs(m))
+    assert not any(n.output[0].endswith("_act_1") for n in m.graph.node)  # no leftover of the first pairs
+    onnx.checker.check_model(m, full_check=True)

@@ -257,9 +257,10 @@ def signed_weights(model) -> int:
     return done
 
 
-def insert_qdq(model, ranges: dict[str, dict], symmetric: bool) -> None:
+def insert_qdq(model, ranges: dict[str, dict], symmetric: bool) -> dict[str, str]:
     """A QuantizeLinear -> DequantizeLinear pair after each tensor of `ranges` (right after its producer, so the
-    nodes stay in topological order); every other consumer reads the DequantizeLinear's output."""
+    nodes stay in topological order); every other consumer reads the DequantizeLinear's output. Returns {tensor:
+    the DequantizeLinear's output}."""
     g = model.graph
     taken = {i.name for i in g.initializer} | {t for n in g.node for t in list(n.input) + list(n.output)}
 
@@ -291,6 +292,41 @@ def insert_qdq(model, ranges: dict[str, dict], symmetric: bool) -> None:
             nodes += pairs.get(t, [])
     del g.node[:]
     g.node.extend(nodes)
+    return names
+
+
+def simulate_activations(model, source, options, data_root=None) -> dict[str, str]:
+    """Pairs in `model` (prepared, weights still float) with the ranges of a round-to-nearest W/A file of `source`
+    (the calibrated method's own grid: its fallback), so that a calibrated method's layer inputs are the quantized
+    activations. Returns what insert_qdq does, for remove_pairs."""
+    from dataclasses import replace
+
+    from ganq.quantize.pipeline import quantize_model
+
+    rtn = replace(options, method=options.method_config.fallback().name, method_opts=(), recalibrate_bn=False,
+                  plan_file=None)
+    _, rep = quantize_model(source, rtn, data_root=data_root)
+    ranges = {t: {"scale": r[2], "zero_point": r[3], "bits": r[4]} for t, r in rep["activations"]["ranges"].items()}
+    return insert_qdq(model, ranges, options.act_symmetric)
+
+
+def remove_pairs(model, names: dict[str, str]) -> None:
+    """Undo insert_qdq: consumers read the original tensors again; the pairs and their parameters leave."""
+    g = model.graph
+    back = {dq: t for t, dq in names.items()}
+    pairs = [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] in back]
+    gone = {t for n in pairs for t in (n.output[0], n.input[0])}  # the DequantizeLinear's and its Quantize's
+    params = {t for n in pairs for t in n.input[1:]}
+    keep = [n for n in g.node if not (n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] in gone)]
+    for n in keep:
+        for k, t in enumerate(n.input):
+            if t in back:
+                n.input[k] = back[t]
+    del g.node[:]
+    g.node.extend(keep)
+    inits = [i for i in g.initializer if i.name not in params]
+    del g.initializer[:]
+    g.initializer.extend(inits)
 
 
 def quantize_activations(model, options, calib) -> dict:
@@ -303,7 +339,7 @@ def quantize_activations(model, options, calib) -> dict:
     rec = {"bits": options.activations, "calibration": options.act_calibration,
            "symmetric": options.act_symmetric, "tensors": len(plan.tensors), "kept_float": list(plan.kept_float),
            "signed_weights": n, "at_16_bits": [t for t, b in plan.bits.items() if b == 16],
-           "ranges": {t: [round(r["lo"], 6), round(r["hi"], 6), r["scale"], r["zero_point"]]
+           "ranges": {t: [round(r["lo"], 6), round(r["hi"], 6), r["scale"], r["zero_point"], r["bits"]]
                       for t, r in ranges.items()}}
     if options.act_calibration == "percentile":
         rec["percentile"] = options.act_percentile

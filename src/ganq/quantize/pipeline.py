@@ -37,7 +37,15 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
     one the options describe (it must name this model's tensors); data_root: where calibration looks first for the
     data set of an image input; progress: called as progress(step, steps, loss, best) by an end-to-end method."""
     notes: list[str] = []
+    source = model
     model, folded, v = prepare(model, options, notes)
+    sim = None
+    if options.activations and (options.method_config.calibrated or options.recalibrate_bn):
+        # calibrated methods (and bias correction) see the activations quantized: pairs from a round-to-nearest
+        # pass sit in the graph while they calibrate, then make way for the final pairs (quantize.activations)
+        from ganq.quantize.activations import simulate_activations
+
+        sim = simulate_activations(model, source, options, data_root)
     if plan is None:
         plan = make_plan(model, options.bits, options.method_config, options.granularity, options.include_bias,
                          options.tensor_bits, options.overrides) if options.bits != FLOAT_BITS or \
@@ -63,8 +71,11 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         timed["distill_curve"] = e2e["curve"]
     edit.commit()
     if options.activations:  # on the weight-quantized graph: the ranges are what the integer file sees
-        from ganq.quantize.activations import quantize_activations
+        from ganq.quantize.activations import quantize_activations, remove_pairs
         from ganq.quantize.solve import calibrator
+
+        if sim is not None:
+            remove_pairs(model, sim)
 
         extra["activations"] = quantize_activations(
             model, options, calibrator(model, options, todo, notes, data_root, what="--activations"))
