@@ -146,8 +146,10 @@ def test_keep_float_first_and_last_leave_those_layers_float(tiny_onnx, tmp_path)
     q = tmp_path / "q.onnx"
     rep = quantize_file(tiny_onnx, q, _act(keep_float=("first", "last", "h6")))
     pairs = _pairs(onnx.load(q))
-    # first: the MatMul's input z (its output is inside it: the folded BatchNorm's Add); last: the Conv's input
-    assert {"z", "h9", "h6"} <= set(rep["activations"]["kept_float"]) and not {"z", "h9", "h6"} & set(pairs)
+    # first: the MatMul's input z and, as the layer ends after the folded BatchNorm's Add, that Add's output h1;
+    # last: the Conv's input h9 and output h10
+    kept = set(rep["activations"]["kept_float"])
+    assert {"z", "h1", "h9", "h10", "h6"} <= kept and not {"z", "h1", "h9", "h10", "h6"} & set(pairs)
     assert "h3" in pairs
 
 

@@ -113,12 +113,16 @@ def plan_activations(model, keep_float: tuple[str, ...] = (), bits: int = 8,
         for t in list(ins) + list(node.output):
             if t and t not in const and t in floats and t not in outputs and t not in inner and t not in chosen:
                 chosen.append(t)
+
     def resolve(name: str, what: str) -> list[str]:
         if name in ("first", "last"):
             if not weight_nodes:
                 raise GanqError(f"{what} {name}: the model has no weight layer")
             node = weight_nodes[0] if name == "first" else weight_nodes[-1]
-            return [t for t in (node.input[0], node.output[0]) if t in chosen]
+            out = node.output[0]
+            if out in inner:  # the layer ends after its constant Add
+                out = consumers[out][0].output[0]
+            return [t for t in (node.input[0], out) if t in chosen]
         if name in chosen:
             return [name]
         some = ", ".join(chosen[:6]) + (", ..." if len(chosen) > 6 else "")
