@@ -353,3 +353,14 @@ def test_unwritable_out(tiny_onnx, tmp_path):
         os.chmod(ro, 0o700)
     with pytest.raises(GanqError, match="is a folder"):
         quantize_file(tiny_onnx, tmp_path, QuantizeOptions(bits=4))
+
+
+def test_the_distill_curve_the_file_keeps_is_thinned_evenly():
+    from ganq.quantize.pipeline import CURVE_POINTS, thin
+
+    curve = [[i * 20, 1.0 / (i + 1)] for i in range(51)]
+    t = thin(curve)
+    assert len(t) == CURVE_POINTS and t[0] == curve[0] and t[-1] == curve[-1]
+    steps = [s for s, _ in t]
+    assert steps == sorted(set(steps)) and max(b - a for a, b in zip(steps, steps[1:])) <= 2 * 1000 / 16
+    assert thin(curve[:5]) == curve[:5]

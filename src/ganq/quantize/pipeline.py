@@ -67,7 +67,7 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         extra["bn_into_decoder"] = len(edit.folds)
     if e2e is not None:  # the file holds what made it (deterministic for a seed); the times only the returned report
         extra["distill"] = {k: val for k, val in e2e.items() if k not in ("seconds", "curve")}
-        extra["distill"]["heldout_curve"] = [[c["step"], c["heldout"]] for c in e2e["curve"]]
+        extra["distill"]["heldout_curve"] = thin([[c["step"], round(c["heldout"], 5)] for c in e2e["curve"]])
         timed["distill_curve"] = e2e["curve"]
     edit.commit()
     if options.activations:  # on the weight-quantized graph: the ranges are what the integer file sees
@@ -91,6 +91,17 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
     report = record(model, options, plan, rows, edit, folded, v, calib, notes, weights, extra)
     report = dict(report, seconds={k: round(t, 3) for k, t in seconds.items()}, **timed)
     return model, report
+
+
+CURVE_POINTS = 17  # the held-out curve the file keeps: enough to see it flatten, a few hundred bytes
+
+
+def thin(curve: list, points: int = CURVE_POINTS) -> list:
+    """At most `points` entries of curve, evenly spaced, the first and the last always kept."""
+    if len(curve) <= points:
+        return curve
+    idx = sorted({round(i * (len(curve) - 1) / (points - 1)) for i in range(points)})
+    return [curve[i] for i in idx]
 
 
 def check_output(src, out, force: bool) -> None:
