@@ -39,6 +39,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ganq.errors import GanqError
+from ganq.quantize.edit import GraphEdit
+from ganq.quantize.ops import consumers as graph_consumers
 
 ACTIVATION_BITS = (8, 16)
 CALIBRATIONS = ("minmax", "percentile", "mse", "entropy")
@@ -96,10 +98,7 @@ def plan_activations(model, keep_float: tuple[str, ...] = (), bits: int = 8,
     outputs = {o.name for o in g.output}
     chosen: list[str] = []
     weight_nodes = []
-    consumers: dict[str, list] = {}
-    for node in g.node:
-        for t in node.input:
-            consumers.setdefault(t, []).append(node)
+    consumers = graph_consumers(g)
     # a weight layer's output whose one consumer adds a constant (its bias, a folded BatchNorm's shift) is inside
     # the layer: the pair goes after the Add, so onnxruntime fuses MatMul + Add into one integer Gemm
     inner = {n.output[0] for n in g.node if n.op_type in WEIGHT_OPS and len(consumers.get(n.output[0], [])) == 1
@@ -203,24 +202,19 @@ def calibrate_activations(calib, tensors: tuple[str, ...], method: str, bits: di
     hi = {t: -np.inf for t in tensors}
     kept: dict[str, list] = {t: [] for t in tensors}
     count = {t: 0 for t in tensors}
-    seen = {t: 0 for t in tensors}
     for outs in calib.batches(list(tensors), batch):
         for t, x in zip(tensors, outs):
             x = np.asarray(x, np.float32).reshape(-1)
             lo[t], hi[t] = min(lo[t], float(x.min())), max(hi[t], float(x.max()))
-            seen[t] += x.size
             if method != "minmax" and count[t] < KEEP:
-                part = x[: KEEP - count[t]]
-                kept[t].append(part)
-                count[t] += part.size
+                kept[t].append(x[: KEEP - count[t]])
+                count[t] += kept[t][-1].size
     out = {}
     for t in tensors:
         values = np.concatenate(kept[t]) if kept[t] else np.zeros(0, np.float32)
         a, b = activation_range(t, values, lo[t], hi[t], method, bits[t], symmetric, percentile)
         s, z = scale_zero_point(a, b, bits[t], symmetric)
-        out[t] = {"lo": a, "hi": b, "min": lo[t], "max": hi[t], "scale": float(s), "zero_point": int(z),
-                  "bits": bits[t],
-                  "seen": seen[t], "kept": int(values.size) if method != "minmax" else seen[t]}
+        out[t] = {"lo": a, "hi": b, "scale": float(s), "zero_point": int(z), "bits": bits[t]}
     return out
 
 
@@ -231,13 +225,10 @@ def signed_weights(model) -> int:
     the scale's shape (the same weights, exactly). A weight decoder that is not symmetric is one GanqError."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, list] = {}
-    for node in g.node:
-        for t in node.input:
-            consumers.setdefault(t, []).append(node)
+    consumers = graph_consumers(g)
     done = 0
     for node in g.node:
-        if node.op_type in ("Gather",) and node.input and node.input[0] in inits and any(
+        if node.op_type == "Gather" and node.input and node.input[0] in inits and any(
                 c.op_type in WEIGHT_OPS for c in consumers.get(node.output[0], [])):
             raise GanqError("--activations needs affine weights (DequantizeLinear); this method's codebook "
                             "decoder (Gather) cannot run in integer kernels")
@@ -266,15 +257,7 @@ def insert_qdq(model, ranges: dict[str, dict], symmetric: bool) -> dict[str, str
     nodes stay in topological order); every other consumer reads the DequantizeLinear's output. Returns {tensor:
     the DequantizeLinear's output}."""
     g = model.graph
-    taken = {i.name for i in g.initializer} | {t for n in g.node for t in list(n.input) + list(n.output)}
-
-    def fresh(name):
-        cand, i = name, 1
-        while cand in taken:
-            cand, i = f"{name}_{i}", i + 1
-        taken.add(cand)
-        return cand
-
+    fresh = GraphEdit(g).fresh
     pairs, names = {}, {}
     for t, r in ranges.items():
         s, z, q, dq = (fresh(f"{t}_act_scale"), fresh(f"{t}_act_zp"), fresh(f"{t}_act_q"), fresh(f"{t}_act"))
