@@ -4,7 +4,7 @@ sqrt(var + eps) and c = beta - a * mean. So the decoder's per-channel scale and 
 multiplied by a, the bias becomes a * b + c, and the BatchNorm and its four parameter tensors leave the file. The
 codes do not change (unlike `--fold-bn`, which folds before quantizing and so quantizes other weights).
 
-Where it applies: per-channel solutions (granularity channel) of ops the op table marks foldable (OpInfo.folds_bn
+Where it applies: per-channel and group solutions (granularity channel or group:G) of ops the op table marks foldable (OpInfo.folds_bn
 and fold_ok), whose output the BatchNormalization alone reads, directly; its channels are the weight's output
 channels; its parameters are initializers. Anything else is left as it is, with one note."""
 
@@ -47,13 +47,14 @@ def fold_into_decoder(edit, node, t, sol: Solution, notes: list[str]) -> Solutio
     eps = float(attr(bn, "epsilon", 1e-5))
     a = gamma / np.sqrt(var + eps)
     c = beta - a * mean
-    shape = channel_shape(sol.codes.ndim, sol.axis, channels)
+    # per channel: keepdims along the axis; group:G: the compact row form [C, ng] (levels [C * ng, L])
+    shape = (channels, 1) if sol.group else channel_shape(sol.codes.ndim, sol.axis, channels)
     dec = sol.decoder
     if isinstance(dec, Affine):
         ab = a.reshape(shape)
         dec = Affine((dec.scale * ab).astype(np.float32), (dec.offset * ab).astype(np.float32), dec.zero_point)
     elif isinstance(dec, Codebook):
-        dec = Codebook((dec.levels * a[:, None]).astype(np.float32))
+        dec = Codebook((dec.levels * np.repeat(a, sol.groups)[:, None]).astype(np.float32))
     else:
         return skip(f"a {dec.kind} decoder")
     beta_gemm = info.bias_scale(node) or 1.0

@@ -5,6 +5,12 @@
 
 Each decoder has exactly one float32 formula (`decode`), which the fake format stores and the int and packed
 graphs reproduce bit for bit (DequantizeLinear computes float32(q - zp) * scale; Gather copies a level).
+
+Granularity: `tensor` (one decoder), `channel` (one per output channel, along the weight's axis) or `group:G` (one
+per G consecutive weights of an output channel's row, in the layer's input-column order: rows(weight, axis) is
+[C, K] and its columns split into ceil(K / G) groups, the last one shorter where G does not divide K; the block
+layout of onnxruntime's MatMulNBits and of blocked DequantizeLinear). A grouped Solution keeps its decoder's
+parameters compact in row form: scale, offset and zero point [C, ceil(K / G)], codebook levels [C * ceil(K / G), L].
 """
 
 from __future__ import annotations
@@ -15,8 +21,26 @@ import numpy as np
 
 from ganq.errors import GanqError
 
-GRANULARITIES = ("tensor", "channel")
+GRANULARITIES = ("tensor", "channel", "group:G")
+MIN_GROUP, MAX_GROUP = 16, 65536
 MAX_BITS = 16
+
+
+def parse_granularity(text) -> tuple[str, int | None]:
+    """'tensor' | 'channel' | 'group:G' -> (kind, G or None); one GanqError otherwise (G a power of two >= 16)."""
+    if text in ("tensor", "channel"):
+        return text, None
+    if isinstance(text, str) and text.startswith("group:"):
+        g = text[len("group:"):]
+        if g.isdigit() and MIN_GROUP <= int(g) <= MAX_GROUP and int(g) & (int(g) - 1) == 0:
+            return "group", int(g)
+    raise GanqError(f"granularity must be tensor, channel or group:G (G a power of two from {MIN_GROUP} to "
+                    f"{MAX_GROUP}), got {text!r}")
+
+
+def expand_groups(p: np.ndarray, group: int, k: int) -> np.ndarray:
+    """Compact row-form parameters [C, ng] -> [C, k]: each repeated over its group's columns."""
+    return np.repeat(p, group, axis=1)[:, :k]
 
 
 def code_dtype(bits: int):
@@ -101,15 +125,52 @@ class Solution:
     split: tuple[int, ...] = ()
     in_axis: int | None = None
     info: dict = field(default_factory=dict)
+    group: int | None = None   # group:G granularity (axis is then the output-channel axis of the row form)
 
     def dequantize(self) -> np.ndarray:
+        if self.group:
+            return unrows(self.row_decoder().decode(rows(self.codes, self.axis)), self.codes.shape, self.axis)
         if isinstance(self.decoder, Codebook):
             return self.decoder.decode(self.codes, self.axis)
         return self.decoder.decode(self.codes)
 
+    def row_decoder(self) -> Affine:
+        """A grouped affine decoder with its parameters expanded to the row form [C, K] (one float32 formula);
+        a grouped codebook as per-row levels is decoded through `group_index`."""
+        c, k = rows(self.codes, self.axis).shape
+        if isinstance(self.decoder, Codebook):
+            return _GroupedCodebook(self.decoder.levels, self.group, k)
+        d = self.decoder
+        return Affine(*(expand_groups(a, self.group, k) for a in (d.scale, d.offset, d.zero_point)))
+
+    @property
+    def groups(self) -> int:
+        """Groups per output channel (1 per channel or per tensor)."""
+        return -(-rows(self.codes, self.axis).shape[1] // self.group) if self.group else 1
+
     @property
     def levels_used(self) -> int:
         return int(np.unique(self.codes).size)
+
+
+@dataclass(frozen=True)
+class _GroupedCodebook:
+    """levels [C * ng, L] of a grouped codebook, decoding row-form codes [C, K]."""
+
+    levels: np.ndarray
+    group: int
+    k: int
+
+    def decode(self, codes_rows: np.ndarray) -> np.ndarray:
+        return self.levels.reshape(-1)[group_index(codes_rows, self.levels.shape[1], self.group)]
+
+
+def group_index(codes_rows: np.ndarray, per: int, group: int) -> np.ndarray:
+    """Flat indices into grouped levels [C * ng, per] of row-form codes [C, K]."""
+    c, k = codes_rows.shape
+    ng = -(-k // group)
+    base = (np.arange(c, dtype=np.int64)[:, None] * ng + np.arange(k, dtype=np.int64)[None, :] // group) * per
+    return codes_rows.astype(np.int64) + base
 
 
 def check_weight(x: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ class GraphEdit:
         self.removed: set[str] = set()
         self.before: dict[int, list] = {}
         self.folds: list = []  # (node, BatchNormalization, new bias, its parameter names): see fold_batchnorm
+        self.swaps: list = []  # (node, make): node replaced by make(node) at commit (quantize.nbits)
         self.initializers = {i.name: i for i in graph.initializer}
 
     def fresh(self, name: str) -> str:
@@ -74,6 +75,11 @@ class GraphEdit:
         BatchNorm and its parameters leave the graph."""
         self.folds.append((node, bn, bias, tuple(params)))
 
+    def swap(self, node, make) -> None:
+        """Stage node's replacement by the nodes make(node) returns, made at commit after the BatchNorm folds (so
+        make sees the node's final inputs and outputs)."""
+        self.swaps.append((node, make))
+
     def insert_before(self, node, nodes: list) -> None:
         i = next(k for k, n in enumerate(self.graph.node) if n is node)
         self.before[i] = nodes
@@ -86,6 +92,7 @@ class GraphEdit:
         for name, array in self.replace.items():
             self.initializers[name].CopyFrom(numpy_helper.from_array(array, name))
         self._commit_folds()
+        self._commit_swaps()
         if not (self.removed or self.before):
             return
         kept = [i for i in graph.initializer if i.name not in self.removed]
@@ -97,6 +104,19 @@ class GraphEdit:
             nodes.append(n)
         del graph.node[:]
         graph.node.extend(nodes)
+
+    def _commit_swaps(self) -> None:
+        if not self.swaps:
+            return
+        made = {id(node): make(node) for node, make in self.swaps}
+        nodes = []
+        for n in self.graph.node:
+            nodes.extend(made.get(id(n), [n]))
+        # the positions of `before` runs: a swap replaces one node by one
+        assert len(nodes) == len(self.graph.node), "a swap replaces one node by one"
+        del self.graph.node[:]
+        self.graph.node.extend(nodes)
+        self.swaps = []
 
     def _commit_folds(self) -> None:
         """Apply the staged BatchNorm folds before the rest of commit (node objects are still the graph's): a

@@ -7,6 +7,10 @@ int     affine: codes in the smallest ONNX integer type (UINT4 raw-packed two pe
 packed  codes as k bit planes of packbits-ed uint8, decoded in the graph by BitShift/BitwiseAnd/Cast/ReduceSum,
         then the affine decoder ([Sub(zero point)], Mul(scale), Add(offset)) or the Gather
 Every decoder depends on initializers only, so onnxruntime folds it when it loads the model.
+
+group:G solutions decode in the row form [C, K] (int: a blocked DequantizeLinear, block_size G along axis 1; packed
+and codebooks: the compact parameters expanded over their groups by Expand / Reshape / Slice), then Reshape (and
+Transpose when the output-channel axis is not the first) back to the weight's layout.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 from onnx import TensorProto
 
 from ganq.errors import GanqError
-from ganq.quantize.decoders import Affine, Codebook, Solution, channel_shape
+from ganq.quantize.decoders import Affine, Codebook, Solution, channel_shape, rows
 from ganq.quantize.edit import GraphEdit
 from ganq.registry import Registry
 
@@ -65,6 +69,52 @@ def _gather_tail(b: GraphEdit, name: str, sol: Solution, index: str, out: str) -
     return b.node("Gather", [b.init(f"{name}_levels", dec.levels.reshape(-1)), index], out, final=True)
 
 
+def _expand(b: GraphEdit, name: str, p: np.ndarray, group: int, k: int) -> str:
+    """Compact row-form parameters p [C, ng] as a tensor [C, k], each repeated over its group's columns."""
+    c, ng = p.shape
+    x = b.init(name, np.ascontiguousarray(p).reshape(c, ng, 1))
+    x = b.node("Expand", [x, b.init(f"{name}_eshape", np.array([c, ng, group], np.int64))], f"{name}_e")
+    x = b.node("Reshape", [x, b.init(f"{name}_rshape", np.array([c, ng * group], np.int64))], f"{name}_r")
+    if ng * group == k:
+        return x
+    return b.node("Slice", [x, b.shared("zero1", np.array([0], np.int64)), b.init(f"{name}_k", np.array([k], np.int64)),
+                            b.shared("one1", np.array([1], np.int64))], f"{name}_s")
+
+
+def _to_weight(b: GraphEdit, name: str, value: str, sol: Solution, out: str) -> str:
+    """out = the row-form value [C, K] back in the weight's shape (Reshape, then Transpose unless axis is 0)."""
+    shape, axis = sol.codes.shape, sol.axis
+    moved = (shape[axis],) + tuple(s for i, s in enumerate(shape) if i != axis)
+    if axis == 0:
+        return b.node("Reshape", [value, b.init(f"{name}_wshape", np.array(moved, np.int64))], out, final=True)
+    x = b.node("Reshape", [value, b.init(f"{name}_mshape", np.array(moved, np.int64))], f"{name}_m")
+    perm = [0 if i == axis else (i + 1 if i < axis else i) for i in range(len(shape))]
+    return b.node("Transpose", [x], out, final=True, perm=perm)
+
+
+def _grouped_tail(b: GraphEdit, name: str, sol: Solution, value: str, out: str) -> tuple[str, int]:
+    """out = the grouped decoder applied to row-form codes `value` ([C, K]: float32 for affine, int32 for a
+    codebook), in the weight's shape; returns the decoder's bytes."""
+    c, k = rows(sol.codes, sol.axis).shape
+    dec = sol.decoder
+    if isinstance(dec, Codebook):
+        per = dec.levels.shape[1]
+        base = (np.arange(c, dtype=np.int32)[:, None] * sol.groups + np.arange(sol.groups, dtype=np.int32)) * per
+        index = b.node("Add", [value, _expand(b, f"{name}_gbase", base, sol.group, k)], f"{name}_idx")
+        x = b.node("Gather", [b.init(f"{name}_levels", dec.levels.reshape(-1)), index], f"{name}_lv")
+        _to_weight(b, name, x, sol, out)
+        return 4 * dec.levels.size
+    if np.any(dec.zero_point):
+        zp = b.init(f"{name}_zpf", dec.zero_point.reshape(-1)[:1].reshape(()).astype(np.float32)) \
+            if dec.uniform_zero_point else _expand(b, f"{name}_zpf", dec.zero_point.astype(np.float32), sol.group, k)
+        value = b.node("Sub", [value, zp], f"{name}_c")
+    x = b.node("Mul", [value, _expand(b, f"{name}_scale", dec.scale, sol.group, k)], f"{name}_scaled")
+    if dec.has_offset:
+        x = b.node("Add", [x, _expand(b, f"{name}_min", dec.offset, sol.group, k)], f"{name}_w")
+    _to_weight(b, name, x, sol, out)
+    return dec.nbytes(32)  # the zero point is stored as float32
+
+
 def emit_fake(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     b.replace[name] = sol.dequantize()
     return b.replace[name].nbytes
@@ -74,6 +124,8 @@ def emit_int(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     """Replace initializer `name` by its integer codes and decoder; returns bytes stored."""
     np_type, _ = code_container(sol.bits, opset)
     codes = sol.codes.astype(np_type)
+    if sol.group:
+        return _emit_int_grouped(b, name, sol, opset, np_type)
     if isinstance(sol.decoder, Codebook):
         if sol.bits > 8:
             raise GanqError(f"{name}: codebook codes above 8 bits are not supported")
@@ -97,6 +149,30 @@ def emit_int(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     return _nbytes(codes) + 4 * scale.size + _nbytes(zp) + 4 * dec.offset.size
 
 
+def _emit_int_grouped(b: GraphEdit, name: str, sol: Solution, opset: int, np_type) -> int:
+    """Row-form codes [C, K]: a blocked DequantizeLinear (opset 21) [+ Add(expanded offset)], or a codebook's
+    Cast -> Gather, then the weight's layout."""
+    codes = rows(sol.codes, sol.axis).astype(np_type)
+    q = b.init(f"{name}_q", codes)
+    if isinstance(sol.decoder, Codebook):
+        if sol.bits > 8:
+            raise GanqError(f"{name}: codebook codes above 8 bits are not supported")
+        index = b.node("Cast", [q], f"{name}_i", to=TensorProto.INT32)
+        return _nbytes(codes) + _grouped_tail(b, name, sol, index, name)
+    if opset < 21:
+        raise GanqError(f"group:G in the int format needs opset 21 (blocked DequantizeLinear); the model has {opset}")
+    dec = sol.decoder
+    zp = dec.zero_point.astype(np_type)
+    deq = b.node("DequantizeLinear", [q, b.init(f"{name}_qscale", dec.scale), b.init(f"{name}_zp", zp)],
+                 f"{name}_dq", axis=1, block_size=sol.group)
+    stored = _nbytes(codes) + 4 * dec.scale.size + _nbytes(zp)
+    if dec.has_offset:
+        deq = b.node("Add", [deq, _expand(b, f"{name}_min", dec.offset, sol.group, codes.shape[1])], f"{name}_w")
+        stored += 4 * dec.offset.size
+    _to_weight(b, name, deq, sol, name)
+    return stored
+
+
 def pack_planes(codes: np.ndarray, bits: int) -> np.ndarray:
     """uint codes [n] -> uint8 [bits, ceil(n / 8)]: plane j holds bit j of every code, 8 codes per byte (MSB first)."""
     flat = codes.reshape(-1).astype(np.uint32)
@@ -113,7 +189,7 @@ def emit_packed(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     if opset < 18:
         raise GanqError(f"the packed format needs opset >= 18 (BitwiseAnd); the model has {opset}")
     n, k = sol.codes.size, sol.bits
-    planes = pack_planes(sol.codes, k)
+    planes = pack_planes(rows(sol.codes, sol.axis) if sol.group else sol.codes, k)
     p = b.init(f"{name}_planes", planes)
     x = b.node("Unsqueeze", [p, b.shared("axis2", np.array([2], np.int64))], f"{name}_u")
     x = b.node("BitShift", [x, b.shared("shifts", np.arange(7, -1, -1, dtype=np.uint8))], f"{name}_sh",
@@ -125,6 +201,12 @@ def emit_packed(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     x = b.node("Cast", [x], f"{name}_f", to=TensorProto.FLOAT)
     x = b.node("Mul", [x, b.shared(f"pow2_{k}", (2.0 ** np.arange(k, dtype=np.float32)).reshape(k, 1))], f"{name}_w")
     x = b.node("ReduceSum", [x, b.shared("axis0", np.array([0], np.int64))], f"{name}_codes", keepdims=0)
+    if sol.group:
+        x = b.node("Reshape", [x, b.init(f"{name}_shape", np.array(rows(sol.codes, sol.axis).shape, np.int64))],
+                   f"{name}_qf")
+        if isinstance(sol.decoder, Codebook):
+            x = b.node("Cast", [x], f"{name}_i", to=TensorProto.INT32)
+        return planes.nbytes + _grouped_tail(b, name, sol, x, name)
     x = b.node("Reshape", [x, b.init(f"{name}_shape", np.array(sol.codes.shape, np.int64))], f"{name}_qf")
     if isinstance(sol.decoder, Codebook):
         index = b.node("Cast", [x], f"{name}_i", to=TensorProto.INT32)
@@ -134,6 +216,22 @@ def emit_packed(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     return planes.nbytes + sol.decoder.nbytes(32)  # the zero point is stored as float32
 
 
+def emit_nbits(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
+    """MatMul / Gemm weights as MatMulNBits (quantize.nbits), any other weight in the int form (with a note in
+    sol.info saying why)."""
+    from ganq.quantize import nbits
+
+    node, why = nbits.eligible(b.graph, name, sol)
+    if node is None:
+        sol.info["nbits"] = {"kept_int": why}
+        return emit_int(b, name, sol, opset)
+    a = nbits.nbits_arrays(sol)
+    nbits.build(b, node, name, a)
+    sol.info["nbits"] = {"op": node.op_type, "container_bits": a["bits"], "block_size": a["block"],
+                         "zero_point": a["zero_point_kind"], "bytes_codes": int(a["B"].nbytes), **a["diff"]}
+    return a["B"].nbytes + a["scales"].nbytes + a["zero_points"].nbytes
+
+
 def code_bytes(fmt: str, n: int, bits: int, opset: int) -> int:
     """Bytes the codes of n weights take in a format (the decoder's parameters not counted): fake stores float32
     x_hat, int the smallest integer container (UINT4 two a byte), packed k bit planes."""
@@ -141,9 +239,19 @@ def code_bytes(fmt: str, n: int, bits: int, opset: int) -> int:
         return 4 * n
     if fmt == "packed":
         return bits * ((n + 7) // 8)
+    if fmt == "nbits":  # the int form's; a MatMulNBits tensor's row says its own (row_code_bytes)
+        fmt = "int"
     if bits <= 4 and opset >= 21:
         return (n + 1) // 2
     return n if bits <= 8 else 2 * n
+
+
+def row_code_bytes(row: dict, fmt: str, opset: int) -> int:
+    """The codes' bytes of one report row (a MatMulNBits tensor: its padded container)."""
+    nb = (row.get("info") or {}).get("nbits", {})
+    if "bytes_codes" in nb:
+        return nb["bytes_codes"]
+    return code_bytes(fmt, row.get("params_stored", row["params"]), row["bits"], opset)
 
 
 @dataclass(frozen=True)
@@ -161,3 +269,5 @@ FORMATS.register("int", Format("int", "integer codes (UINT4/UINT8/UINT16) -> Deq
                                       "codebook", emit_int, 13))
 FORMATS.register("packed", Format("packed", "k bit planes decoded in the graph (the real k-bit size)", emit_packed,
                                   18))
+FORMATS.register("nbits", Format("nbits", "MatMul / Gemm weights as onnxruntime's MatMulNBits (2/4/8-bit blocks, "
+                                          "--granularity group:G), other weights in the int form", emit_nbits, 21))

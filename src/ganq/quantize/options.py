@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ganq.errors import GanqError, check_range
-from ganq.quantize.decoders import GRANULARITIES
+from ganq.quantize.decoders import parse_granularity
 from ganq.quantize.formats import FORMATS
 from ganq.quantize.methods import make_method
 from ganq.quantize.plan import FLOAT_BITS, check_bits, read_plan_file
@@ -57,8 +57,10 @@ class QuantizeOptions:
         config = make_method(self.method, dict(self.method_opts))
         if self.bits != FLOAT_BITS:
             config.check_bits(self.bits)
-        if self.granularity not in GRANULARITIES:
-            raise GanqError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+        if self.format == "nbits" and parse_granularity(self.granularity)[0] != "group":
+            raise GanqError("--format nbits needs --granularity group:G (MatMulNBits' block size)")
+        if parse_granularity(self.granularity)[0] == "group" and config.rewrites_input:
+            raise GanqError(f"method {self.method} splits channels; it has no group:G granularity (use channel)")
         FORMATS.get(self.format)
         check_range("--calibration", self.calibration, 1, MAX_CALIBRATION)
         check_range("--calibration-seed", self.calibration_seed, 0, 2 ** 31 - 1)
@@ -98,6 +100,9 @@ class QuantizeOptions:
             raise GanqError(f"--activations needs weights of 2..8 bits (integer kernels); got --bits {self.bits}")
         if self.float_bits != 32:
             raise GanqError("--activations does not combine with --float-bits 16 (quantization scales stay float32)")
+        if parse_granularity(self.granularity)[0] == "group":
+            raise GanqError("--activations needs --granularity tensor or channel (integer kernels take no blocked "
+                            "weights)")
         if not config.zero_centred:
             raise GanqError(f"--activations needs a symmetric weight grid (no offset, one zero point: what integer "
                             f"kernels take per channel); method {self.method} has none: use --method symmetric, or "

@@ -70,6 +70,9 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         extra["distill"]["heldout_curve"] = thin([[c["step"], round(c["heldout"], 5)] for c in e2e["curve"]])
         timed["distill_curve"] = e2e["curve"]
     edit.commit()
+    if any(n.domain == "com.microsoft" for n in model.graph.node) and \
+            not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))  # MatMulNBits (--format nbits)
     if options.activations:  # on the weight-quantized graph: the ranges are what the integer file sees
         from ganq.quantize.activations import quantize_activations, remove_pairs
         from ganq.quantize.solve import calibrator
@@ -127,11 +130,10 @@ def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, pl
     if sizes:
         import lzma
         report["bytes_xz"] = len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
-    from ganq.quantize.formats import code_bytes
+    from ganq.quantize.formats import row_code_bytes
 
     quantized = report["tensors"]
-    codes = sum(code_bytes(options.format, r.get("params_stored", r["params"]), r["bits"], report["opset"])
-                for r in quantized)
+    codes = sum(row_code_bytes(r, options.format, report["opset"]) for r in quantized)
     stored = sum(r["bytes_stored"] for r in quantized)
     # the file in three parts: the codes, their decoders, and the rest (floats that are not weights, the graph)
     report.update({"bytes_codes": int(codes), "bytes_decoders": int(stored - codes),

@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 
 from ganq.errors import GanqError
-from ganq.quantize.decoders import GRANULARITIES, MAX_BITS
+from ganq.quantize.decoders import MAX_BITS, parse_granularity
 from ganq.quantize.methods import Method, make_method
 from ganq.quantize.ops import Target, find_targets
 
@@ -35,6 +35,11 @@ class TensorPlan:
     @property
     def axis(self) -> int | None:
         return None if self.granularity == "tensor" or self.target.role == "bias" else self.target.axis
+
+    @property
+    def group(self) -> int | None:
+        """G of group:G granularity (None per tensor or channel)."""
+        return None if self.target.role == "bias" else parse_granularity(self.granularity)[1]
 
     def describe(self) -> dict:
         return {"tensor": self.target.name, "bits": self.bits, "method": self.method.name,
@@ -124,13 +129,9 @@ def read_plan_file(path: str | Path) -> dict[str, dict]:
 def make_plan(model: onnx.ModelProto, bits: int, method: Method, granularity: str, include_bias: bool = False,
               tensor_bits: tuple[tuple[str, int], ...] = (), overrides: dict[str, dict] | None = None) -> Plan:
     """The uniform plan (bits, method, granularity for every weight) with per-tensor overrides applied."""
-    if granularity not in GRANULARITIES:
-        raise GanqError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-    grans = {granularity} | {v.get("granularity", granularity) for v in (overrides or {}).values()}
-    bad = grans - set(GRANULARITIES)
-    if bad:
-        raise GanqError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {sorted(bad)[0]!r}")
-    targets = find_targets(model, include_bias, "channel" if "channel" in grans else "tensor")
+    grans = [granularity] + [v.get("granularity", granularity) for v in (overrides or {}).values()]
+    kinds = {parse_granularity(g)[0] for g in grans}
+    targets = find_targets(model, include_bias, "tensor" if kinds == {"tensor"} else "channel")
     weights = [t for t in targets if t.role == "weight"]
     by_name = {t.name: t for t in targets}
     per: dict[str, dict] = {}

@@ -15,6 +15,7 @@ from ganq.errors import GanqError, test_point
 from ganq.quantize.columns import Unsupported, check_layer
 from ganq.quantize.correct import correct
 from ganq.quantize.edit import GraphEdit
+from ganq.quantize.groups import solve_groups
 from ganq.quantize.formats import FORMATS
 from ganq.quantize.methods import SolveContext
 from ganq.quantize.bn_decoder import fold_into_decoder
@@ -101,7 +102,8 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
                            stats.hessian if stats is not None and method.calibrated else None)
         t1 = time.perf_counter()
         try:
-            sol = method.solve(x, tp.bits, tp.axis, ctx)
+            sol = solve_groups(method, x, tp.bits, tp.axis, tp.group, ctx) if tp.group else \
+                method.solve(x, tp.bits, tp.axis, ctx)
         except GanqError as e:
             raise GanqError(f"{t.name}: {e}") from None
         t2 = time.perf_counter()
@@ -154,7 +156,7 @@ def end_to_end(model, method, items, data_root, progress):
             raise GanqError(f"method {method.name}: {t.name}'s start ({m.name}) is not a plain affine grid")
         d = sol.decoder
         tensors.append({"name": t.name, "codes": sol.codes, "scale": d.scale, "offset": d.offset,
-                        "zero_point": d.zero_point, "bits": sol.bits})
+                        "zero_point": d.zero_point, "bits": sol.bits, "group": sol.group, "axis": sol.axis})
     module, _, fn = method.engine.partition(":")
     refine = getattr(importlib.import_module(module), fn)
     out, rec = refine(model, spec, tensors, method.options(), data_root=data_root, progress=progress)
@@ -165,7 +167,7 @@ def end_to_end(model, method, items, data_root, progress):
         zp = d.zero_point if scale.shape == d.scale.shape else \
             np.broadcast_to(d.zero_point, scale.shape).astype(d.zero_point.dtype)
         sols.append(Solution(r["codes"].astype(sol.codes.dtype), Affine(scale, offset, zp), sol.bits, sol.axis,
-                             info={**(sol.info or {}), "distilled": True}))
+                             info={**(sol.info or {}), "distilled": True}, group=sol.group))
     return sols, rec
 
 

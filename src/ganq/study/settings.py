@@ -10,7 +10,7 @@ from ganq.errors import GanqError
 from ganq.evaluate import EvalOptions
 from ganq.onnx_io import resolve_model
 from ganq.quantize import FLOAT_BITS
-from ganq.quantize.decoders import GRANULARITIES, MAX_BITS
+from ganq.quantize.decoders import MAX_BITS, parse_granularity
 from ganq.quantize.formats import FORMATS
 from ganq.runtime import Generator
 
@@ -83,8 +83,7 @@ class SweepSettings:
             raise GanqError(f"--bits lists a width twice: {','.join(map(str, self.bits))}")
         if self.format not in FORMATS:
             raise GanqError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
-        if self.granularity not in GRANULARITIES:
-            raise GanqError(f"granularity must be one of {', '.join(GRANULARITIES)}")
+        parse_granularity(self.granularity)
         from ganq.errors import check_range
         from ganq.quantize.methods import make_method
         from ganq.quantize.options import conflicts_with

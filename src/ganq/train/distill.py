@@ -21,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from ganq.errors import GanqError
+from ganq.quantize.decoders import rows, unrows
 from ganq.onnx_io import feed_size, fixed_batch, probe_inputs, resolve_model, sample_inputs, slice_feed
 from ganq.spec import GeneratorSpec
 from ganq.train.onnx_torch import OnnxTorch, Unsupported, check_against_onnxruntime
@@ -45,7 +46,10 @@ class QTensor(torch.nn.Module):
     def __init__(self, t: dict):
         super().__init__()
         self.name, self.levels = t["name"], float(2 ** t["bits"] - 1)
-        self.v = torch.nn.Parameter(torch.from_numpy(t["codes"].astype(np.float32)))
+        # group:G: codes in the row form [C, K], the grid compact [C, ng] and expanded over the groups when used
+        self.group, self.axis, self.shape = t.get("group"), t.get("axis"), t["codes"].shape
+        codes = rows(t["codes"], self.axis) if self.group else t["codes"]
+        self.v = torch.nn.Parameter(torch.from_numpy(codes.astype(np.float32)))
         shape = np.broadcast_shapes(t["scale"].shape, t["offset"].shape, t["zero_point"].shape)
         self.ls = torch.nn.Parameter(torch.zeros(shape))
         self.do = torch.nn.Parameter(torch.zeros(shape))
@@ -60,13 +64,23 @@ class QTensor(torch.nn.Module):
     def forward(self):
         scale, offset = self.grid()
         q = torch.clamp(_Round.apply(self.v), 0.0, self.levels)
-        return (q - self.zp) * scale + offset
+        if not self.group:
+            return (q - self.zp) * scale + offset
+        k = q.shape[1]
+
+        def e(p):
+            return p.repeat_interleave(self.group, dim=1)[:, :k]
+        w = (q - e(self.zp)) * e(scale) + e(offset)
+        moved = (self.shape[self.axis],) + tuple(n for i, n in enumerate(self.shape) if i != self.axis)
+        return w.reshape(moved).movedim(0, self.axis)
 
     def result(self) -> dict:
         with torch.no_grad():
             scale, offset = self.grid()
-            codes = torch.clamp(torch.round(self.v), 0.0, self.levels)
-        return {"codes": codes.numpy().astype(np.int64), "scale": scale.numpy().astype(np.float32),
+            codes = torch.clamp(torch.round(self.v), 0.0, self.levels).numpy().astype(np.int64)
+        if self.group:
+            codes = unrows(codes, self.shape, self.axis)
+        return {"codes": codes, "scale": scale.numpy().astype(np.float32),
                 "offset": offset.numpy().astype(np.float32)}
 
 

@@ -35,6 +35,7 @@ class SolveContext:
     group: int = 1
     out_axis: int | None = None
     hessian: np.ndarray | None = field(default=None, repr=False, compare=False)
+    group_size: int | None = None   # group:G granularity (calibrated methods take it here; quantize.groups)
 
 
 def option(default, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,

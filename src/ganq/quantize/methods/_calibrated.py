@@ -17,10 +17,18 @@ from ganq.quantize.methods import Method, SolveContext, affine_solution, make_me
 GRIDS = ("minmax", "mse", "symmetric")
 
 
-def grid_rows(x: np.ndarray, bits: int, axis, out_axis: int, grid: str):
-    """(W_rows float32 [C, K], scale [C, 1], offset [C, 1]) of the grid method's solution."""
-    sol = make_method(grid).solve(x, bits, axis)
+def grid_rows(x: np.ndarray, bits: int, axis, out_axis: int, grid: str, group: int | None = None):
+    """(W_rows float32 [C, K], scale [C, 1], offset [C, 1]) of the grid method's solution; with group:G, scale and
+    offset [C, K] (constant over each group's columns)."""
     w = rows(x, out_axis)
+    if group:
+        from ganq.quantize.groups import group_grid
+
+        scale, offset, _ = group_grid(make_method(grid), x, bits, out_axis, group)
+        if grid == "symmetric":
+            offset = -np.float32(2 ** (bits - 1) - 1) * scale
+        return w, scale.astype(np.float32), offset.astype(np.float32)
+    sol = make_method(grid).solve(x, bits, axis)
     c = w.shape[0]
     scale = np.broadcast_to(sol.decoder.scale, x.shape)
     offset = np.broadcast_to(sol.decoder.offset, x.shape)
@@ -57,10 +65,17 @@ def check_context(name: str, ctx: SolveContext | None, x: np.ndarray):
     return ctx.out_axis
 
 
-def solution(x, axis, out_axis, codes_rows, scale, offset, bits, symmetric: bool = False, **info):
-    """Codes in W_rows form -> a Solution along `axis` (None per tensor: scale and offset are one value);
-    symmetric: the codes shifted by one onto zero point 2^(k-1), no offset."""
+def solution(x, axis, out_axis, codes_rows, scale, offset, bits, symmetric: bool = False, group=None, **info):
+    """Codes in W_rows form -> a Solution along `axis` (None per tensor: scale and offset are one value; group:G:
+    scale and offset [C, K]); symmetric: the codes shifted by one onto zero point 2^(k-1), no offset."""
     x, axis, _ = prepare(x, axis)
+    if group:
+        from ganq.quantize.groups import from_rows
+
+        zp = None
+        if symmetric:
+            codes_rows, offset, zp = codes_rows + 1, np.zeros_like(offset), np.full(scale.shape, 2 ** (bits - 1))
+        return from_rows(x, out_axis, codes_rows, scale, offset, bits, group, zero_point_rows=zp, **info)
     full = unrows(codes_rows, x.shape, out_axis)
     zp = None
     if symmetric:
@@ -92,11 +107,12 @@ class CalibratedMethod(Method):
         self.check_bits(bits)
         x, axis, _ = prepare(x, axis)
         out_axis = check_context(self.name, ctx, x)
-        w, scale, offset = grid_rows(x, bits, axis, out_axis, self.grid)
+        group = ctx.group_size
+        w, scale, offset = grid_rows(x, bits, axis, out_axis, self.grid, group)
         levels = 2 ** bits - (2 if self.grid == "symmetric" else 1)
         codes, info = self.codes(w, ctx.hessian, scale, offset, levels)
         err = output_error(w, decode(codes, scale, offset), ctx.hessian).sum()
         rtn = output_error(w, decode(nearest(w, scale, offset, levels), scale, offset), ctx.hessian).sum()
-        return solution(x, axis, out_axis, codes, scale, offset, bits, self.grid == "symmetric",
+        return solution(x, axis, out_axis, codes, scale, offset, bits, self.grid == "symmetric", group,
                         output_error=float(err),
                         output_error_nearest=float(rtn), **info)

@@ -40,7 +40,8 @@ def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
 
 def gptq_codes(w: np.ndarray, h: np.ndarray, scale, offset, levels: int, damp: float, act_order: bool,
                block: int) -> np.ndarray:
-    """GPTQ's codes (float64 [C, K]) for rows w on the grid (scale, offset [C, 1])."""
+    """GPTQ's codes (float64 [C, K]) for rows w on the grid (scale, offset [C, 1], or [C, K] for group:G: each
+    column rounds on its own group's grid, fixed from the original weights as GPTQ's static groups)."""
     w = w.astype(np.float64).copy()
     c, k = w.shape
     h = np.array(h, np.float64, copy=True)
@@ -53,6 +54,8 @@ def gptq_codes(w: np.ndarray, h: np.ndarray, scale, offset, levels: int, damp: f
     mean_diag = float(np.mean(np.diag(h)))
     h[np.diag_indices(k)] += damp * mean_diag
     u = _inverse_cholesky(h)
+    scale = np.broadcast_to(scale, (c, k))[:, perm]
+    offset = np.broadcast_to(offset, (c, k))[:, perm]
     scale64, offset64 = scale.astype(np.float64), offset.astype(np.float64)
     codes = np.empty((c, k), np.float64)
     for i1 in range(0, k, block):
@@ -62,9 +65,10 @@ def gptq_codes(w: np.ndarray, h: np.ndarray, scale, offset, levels: int, damp: f
         u1 = u[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = w1[:, i:i + 1]
-            q = nearest(col, scale, offset, levels)
-            codes[:, i1 + i] = q[:, 0]
-            e = (col[:, 0] - (q[:, 0] * scale64[:, 0] + offset64[:, 0])) / u1[i, i]
+            j = i1 + i
+            q = nearest(col, scale[:, j:j + 1], offset[:, j:j + 1], levels)
+            codes[:, j] = q[:, 0]
+            e = (col[:, 0] - (q[:, 0] * scale64[:, j] + offset64[:, j])) / u1[i, i]
             w1[:, i:] -= np.outer(e, u1[i, i:])
             err1[:, i] = e
         w[:, i2:] -= err1 @ u[i1:i2, i2:]
