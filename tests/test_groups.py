@@ -306,3 +306,26 @@ def test_nbits_with_batchnorm_folded(tmp_path):
 def test_nbits_needs_groups():
     with pytest.raises(GanqError, match="--format nbits needs --granularity group:G"):
         QuantizeOptions(bits=4, granularity="channel", format="nbits")
+
+
+def test_minmax_integer_zero_point_is_onnxruntimes_asymmetric_grid():
+    """zero_point=integer: zp = round(-min / scale), no offset, zero exact; within one step of every weight."""
+    w = np.random.default_rng(6).standard_normal((5, 64)).astype(np.float32)
+    sol = make_method("minmax", {"zero_point": "integer"}).solve(w, 4, 0)
+    d = sol.decoder
+    scale = (w.max(axis=1) - w.min(axis=1)) / np.float32(15)
+    assert not d.has_offset and np.array_equal(d.zero_point.ravel(), np.rint(-w.min(axis=1) / scale))
+    assert np.all(np.abs(sol.dequantize() - w) <= d.scale + 1e-6)
+    assert np.all(Affine_decode_zero(d) == 0)
+
+
+def Affine_decode_zero(d):
+    return d.decode(d.zero_point.copy())
+
+
+def test_nbits_with_integer_zero_points_is_bit_identical():
+    m = _gemm("MatMul")
+    kw = dict(bits=4, method="minmax", method_opts=(("zero_point", "integer"),), granularity="group:16")
+    q, rep = quantize_model(m, QuantizeOptions(**kw, format="nbits"))
+    info = rep["tensors"][0]["info"]["nbits"]
+    assert info["zero_point"] == "uint8" and info["max_abs"] == 0

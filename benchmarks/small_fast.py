@@ -1,0 +1,74 @@
+"""Issue 24's speed table: fp32, int 4-bit, packed 3-bit, nbits 4-bit (MatMulNBits, group:32) and int 4-bit group:32,
+each at batch 1 and 64, one thread and two, decoded once (ganq's default) and per call, in one run, in onnxruntime
+(`ganq bench`'s isolated processes: p50 latency, images/s, peak memory). Prints a table, writes JSON.
+
+    .venv/bin/python benchmarks/small_fast.py zoo:fashion-mnist-cnn3 --out benchmarks/results/small_fast.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from ganq.onnx_io import load_model, resolve_model
+from ganq.quantize import QuantizeOptions, quantize_file
+from ganq.runtime.bench import QDQ_MODES, BenchJob, machine, run_isolated
+
+VARIANTS = [  # (label, bits, options)
+    ("fp32", 32, None),
+    ("int", 4, dict(format="int", granularity="channel", method="minmax")),
+    ("packed", 3, dict(format="packed", granularity="channel", method="minmax")),
+    ("nbits", 4, dict(format="nbits", granularity="group:32", method="minmax")),
+    ("int group:32", 4, dict(format="int", granularity="group:32", method="minmax")),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", nargs="?", default="zoo:fashion-mnist-cnn3")
+    ap.add_argument("--batch", default="1,64")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--out", default="benchmarks/results/small_fast.json")
+    a = ap.parse_args()
+    batches = [int(b) for b in a.batch.split(",")]
+    threads = [int(t) for t in a.threads.split(",")]
+    src = resolve_model(a.model)
+    rows = []
+    before = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, bits, opts in VARIANTS:
+            path = src
+            if opts:
+                path = Path(tmp) / f"{label.replace(':', '').replace(' ', '_')}{bits}.onnx"
+                quantize_file(src, path, QuantizeOptions(bits=bits, bn_into_decoder=True, **opts))
+            has_dq = any(n.op_type == "DequantizeLinear" for n in load_model(path, external_data=False).graph.node)
+            for mode in (("fold", "keep") if has_dq else ("fold",)):
+                for t in threads:
+                    for b in batches:
+                        r = run_isolated(BenchJob(str(path), b, t, 10, a.repeat, "cpu", mode))
+                        rows.append({"variant": label, "bits": bits,
+                                     "decode": "once" if mode == "fold" else "per-call", **r})
+                        print(json.dumps({k: rows[-1][k] for k in ("variant", "decode", "batch", "threads",
+                                                                    "p50_ms", "images_per_s")}), flush=True)
+    after = machine()
+    base = {(r["batch"], r["threads"]): r["images_per_s"] for r in rows if r["variant"] == "fp32"}
+    print(f"\n{'variant':14} {'bits':>4} {'decode':>8} {'batch':>5} {'thr':>3} {'p50 ms':>8} {'img/s':>9} "
+          f"{'x fp32':>7} {'MB':>5} {'file KiB':>9}")
+    for r in rows:
+        r["vs_fp32"] = r["images_per_s"] / base[(r["batch"], r["threads"])]
+        print(f"{r['variant']:14} {r['bits']:>4} {r['decode']:>8} {r['batch']:>5} {r['threads']:>3} "
+              f"{r['p50_ms']:>8.3f} {r['images_per_s']:>9.0f} {r['vs_fp32']:>7.2f} {r['peak_rss_mb']:>5.0f} "
+              f"{r['file_bytes'] / 1024:>9.1f}")
+    print(f"load average before {before['load1']:.2f}, after {after['load1']:.2f} on {before['cpus']} cores")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": str(src), "machine_before": before, "machine_after": after, "rows": rows},
+                              indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
