@@ -47,24 +47,34 @@ def main():
     args = ap.parse_args()
     src = resolve_model(args.model)
     work = Path(tempfile.mkdtemp(prefix="ganq-ort-bench."))
-    cases = [("fp32", 32)] + [(f, k) for f in ("fake", "int", "packed") for k in (8, 4, 3)]
+    # (format, bits, granularity, weights): the three mobile trade-offs are int/packed coded (small, decoded per
+    # run), decoded (fp32 weights at conversion) and nbits (MatMulNBits blocks)
+    cases = [("fp32", 32, "tensor", "coded")] + [(f, k, "tensor", "coded") for f in ("fake", "int", "packed")
+                                                  for k in (8, 4, 3)]
+    cases += [("int", 4, "channel", w) for w in ("coded", "decoded")] + \
+        [("packed", 3, "channel", w) for w in ("coded", "decoded")] + \
+        [("nbits", 4, "group:32", w) for w in ("coded", "decoded")]
     rows = []
-    for fmt, k in cases:
-        onnx_path = src if fmt == "fp32" else work / f"{fmt}{k}.onnx"
+    for fmt, k, gran, weights in cases:
+        name = f"{fmt}{k}-{gran.replace(':', '')}-{weights}"
+        onnx_path = src if fmt == "fp32" else work / f"{name}.onnx"
         if fmt != "fp32":
-            quantize_file(src, onnx_path, QuantizeOptions(bits=k, format=fmt))
-        r = export_ort(onnx_path, work / f"{fmt}{k}.ort")
+            quantize_file(src, onnx_path, QuantizeOptions(bits=k, format=fmt, granularity=gran))
+        r = export_ort(onnx_path, work / f"{name}.ort", weights=weights)
         load_onnx, p50_onnx = timed(onnx_path, r["optimization"])
-        load_ort, p50_ort = timed(work / f"{fmt}{k}.ort")
-        rows.append({"format": fmt, "bits": k, "bytes_onnx": r["bytes_onnx"], "bytes_ort": r["bytes_ort"],
+        load_ort, p50_ort = timed(work / f"{name}.ort")
+        rows.append({"format": fmt, "bits": k, "granularity": gran, "weights": weights,
+                     "bytes_onnx": r["bytes_onnx"], "bytes_ort": r["bytes_ort"],
                      "optimization": r["optimization"], "load_ms_onnx": load_onnx, "load_ms_ort": load_ort,
                      "p50_ms_onnx": p50_onnx, "p50_ms_ort": p50_ort, "max_abs_diff": r["max_abs_diff"],
                      "operators": r["operators"], "notes": r["notes"]})
-        print(f"{fmt} {k}: done", flush=True)
-    print("\n| format | k | .onnx | .ort | level | load ms .onnx / .ort | p50 ms batch 1 .onnx / .ort | reduced build's operators |")
-    print("|---|---|---|---|---|---|---|---|")
+        print(f"{name}: done", flush=True)
+    print("\n| format | k | granularity | weights | .onnx | .ort | level | load ms .onnx / .ort | p50 ms batch 1 .onnx / "
+          ".ort | reduced build's operators |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['format']} | {'fp32' if r['bits'] == 32 else r['bits']} | {r['bytes_onnx'] / 1024:,.0f} KiB "
+        print(f"| {r['format']} | {'fp32' if r['bits'] == 32 else r['bits']} | {r['granularity']} | {r['weights']} "
+              f"| {r['bytes_onnx'] / 1024:,.0f} KiB "
               f"| {r['bytes_ort'] / 1024:,.0f} KiB | {r['optimization']} | {r['load_ms_onnx']:.1f} / "
               f"{r['load_ms_ort']:.1f} | {r['p50_ms_onnx']:.3f} / {r['p50_ms_ort']:.3f} | "
               f"{', '.join(r['operators'])} |")

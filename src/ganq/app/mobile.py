@@ -3,10 +3,18 @@
 
 - packed files are converted with graph optimisation disabled: at any other level onnxruntime constant-folds the
   bit-plane decoder into float32 weights, and a 3-bit .ort file is as large as fp32;
+- so are files with group:G decoders (their Expand of the compact scales and offsets would be folded to weight
+  size);
 - int files with UINT4/INT4 codes are rewritten to UINT8/INT8 first (the same code values): the converter accepts
   4-bit initializers but writes a file that onnxruntime then refuses ("Unsupported tensor data type ... Invalid ORT
   format model"), and --enable_type_reduction crashes on them;
 - int and float files use the basic level (ONNX-only rewrites, no hardware-specific fusions baked into the file).
+
+The mobile trade-off is explicit (`weights`): `coded` (the default) keeps the codes in the file (small; packed and
+int decoders then run on every call in the .ort runtime, which has no session-time folding of a packed decoder),
+`decoded` folds every decoder into float32 weights at conversion (onnxruntime's own folding, DequantizeLinear
+included: fp32 size, fp32 speed). An nbits file (`--format nbits`) keeps its MatMulNBits nodes either way: 4-bit
+blocks in the file and onnxruntime's kernel for them.
 
 The .ort file is loaded back and its outputs compared with the .onnx file's at the same optimisation level; the
 operators a reduced build needs (`--include_ops_by_config`) are written next to it.
@@ -29,6 +37,25 @@ import numpy as np
 from ganq.errors import GanqError
 
 LEVELS = ("disable", "basic", "extended", "all")
+WEIGHTS = ("coded", "decoded")
+
+
+def decoded(proto, work: Path):
+    """proto with every weight decoder folded into float32 initializers (onnxruntime's basic level with
+    DequantizeLinear folding on), its metadata kept; MatMulNBits nodes stay."""
+    import onnx
+    import onnxruntime as ort
+
+    from ganq.onnx_io import DECODE, copy_metadata, session_options
+
+    src, dst = work / "coded.onnx", work / "decoded.onnx"
+    onnx.save(proto, str(src))
+    so = session_options(config=DECODE["once"], optimization="basic", quiet=True)
+    so.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    out = onnx.load(str(dst))
+    copy_metadata(proto, out)
+    return out
 
 
 def _widen_4bit(model) -> int:
@@ -64,9 +91,11 @@ def read_operators(config: Path) -> list[str]:
 
 
 def export_ort(model: str | Path, out: str | Path, optimization: str | None = None, n: int = 8,
-               force: bool = False) -> dict:
+               force: bool = False, weights: str = "coded") -> dict:
     """Convert ganq generator `model` to `out` (.ort) and `out` with suffix .required_operators.config (an existing
-    `out` is replaced only with force)."""
+    `out` is replaced only with force); weights: coded or decoded (see the module's note)."""
+    if weights not in WEIGHTS:
+        raise GanqError(f"--weights must be coded or decoded, got {weights!r}")
     from ganq._io import check_out
 
     check_out(out, force, [model])
@@ -89,17 +118,27 @@ def export_ort(model: str | Path, out: str | Path, optimization: str | None = No
     check_spec(proto, spec, str(model))
     quant = json.loads(read_metadata(proto).get(META_QUANT, "null"))
     fmt = quant["format"] if quant else "fp32"
-    level = optimization or ("disable" if fmt == "packed" else "basic")
+    grouped = bool(quant) and any(str(t.get("granularity", "")).startswith("group:") for t in quant.get("tensors", []))
+    # the basic level folds the packed bit planes, and the group decoders' Expand of scales and offsets, into
+    # weight-sized float32 tensors: coded files of those kinds convert unoptimised
+    level = optimization or ("disable" if (fmt == "packed" or grouped) and weights == "coded" else "basic")
     notes = []
+    work = Path(tempfile.mkdtemp(prefix=".ganq-ort."))
+    if weights == "decoded" and quant:
+        try:
+            proto = decoded(proto, work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        notes.append("the weights decoded to float32 at conversion: an fp32-sized file at fp32 speed")
     widened = _widen_4bit(proto)
     if widened:
         notes.append(f"{widened} UINT4/INT4 tensors stored as UINT8/INT8 (onnxruntime's ORT format cannot hold 4-bit "
                      "tensors: its converter writes a file that fails to load); the codes are unchanged")
-    if fmt == "packed" and level != "disable":
+    if fmt == "packed" and level != "disable" and weights == "coded":
         notes.append(f"optimisation level {level} folds the packed decoder into float32 weights: the .ort file "
                      "holds fp32-sized weights")
     config = out.with_name(out.stem + ".required_operators.config")
-    work = Path(tempfile.mkdtemp(prefix=".ganq-ort."))
     try:
         src = work / "model.onnx"
         onnx.save(proto, str(src))
@@ -151,7 +190,8 @@ def export_ort(model: str | Path, out: str | Path, optimization: str | None = No
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"out": str(out), "config": str(config), "source": str(model), "format": fmt,
-            "bits": quant["bits"] if quant else 32, "optimization": level, "bytes_onnx": model.stat().st_size,
+            "bits": quant["bits"] if quant else 32, "optimization": level, "weights": weights,
+            "bytes_onnx": model.stat().st_size,
             "bytes_ort": out.stat().st_size, "max_abs_diff": diff, "load_ms": round(load_ms, 2),
             "operators": ops, "notes": notes}
 

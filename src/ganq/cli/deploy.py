@@ -52,13 +52,16 @@ def export_ort_cmd(model: Annotated[str, typer.Argument(help="A ganq generator .
                    out: Annotated[Path, typer.Option(help="Output .ort (the operator config is written beside it)")],
                    optimization: Annotated[Optional[str], typer.Option(
                        help="disable, basic, extended or all (default: disable for packed, basic otherwise)")] = None,
+                   weights: Annotated[str, typer.Option(help="coded (small: the codes stay, decoded per run) or "
+                                                             "decoded (float32 weights: fp32 size and speed)")]
+                   = "coded",
                    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
                    as_json: Annotated[bool, typer.Option("--json")] = False):
     """onnxruntime's mobile format (.ort) with onnxruntime's converter, keeping the k-bit size; checked on load."""
     from ganq.app.mobile import export_ort
     from ganq.onnx_io import resolve_model
 
-    r = export_ort(resolve_model(model), out, optimization, force=force)
+    r = export_ort(resolve_model(model), out, optimization, force=force, weights=weights)
     for note in r["notes"]:
         err_console.print(f"note: {note}", markup=False, highlight=False)
     emit(r, as_json, lambda r: out_console.print(
