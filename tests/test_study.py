@@ -330,3 +330,23 @@ def test_quantized_rows_report_their_fidelity_to_fp32_as_evaluate_does(tiny_onnx
                          data_root=toy_data_root, cache=tmp_path / "c", reference=tiny_onnx)
     assert q["psnr_fp32"] == pytest.approx(direct["psnr_fp32"], rel=1e-12)
     assert q["ssim_fp32"] == pytest.approx(direct["ssim_fp32"], rel=1e-12)
+
+
+def test_granularity_axis(tiny_onnx, tiny_classifier, toy_data_root, tmp_path):
+    """--granularity channel,group:16: the first granularity's rows are the sweep with that one alone (labels and
+    cache), the second adds rows labelled 'METHOD @group:16' with their own files, bytes and FID."""
+    out = tmp_path / "o"
+    r = _run(tiny_onnx, tiny_classifier, toy_data_root, out, granularity="channel,group:16", bits=(32, 2),
+             format="packed")
+    got = [(x["method"], x["granularity"], x["bits"]) for x in r["rows"]]
+    assert got == [("fp32", "channel", 32), ("minmax", "channel", 2), ("minmax @group:16", "group:16", 2)]
+    assert "minmax @group:16" in (out / "report.md").read_text()
+    ch, grp = r["rows"][1], r["rows"][2]
+    assert grp["bytes_file"] > ch["bytes_file"] and grp["file"] != ch["file"]
+    alone = _run(tiny_onnx, tiny_classifier, toy_data_root, out, granularity="channel", bits=(32, 2),
+                 format="packed")
+    assert [x["fid"] for x in alone["rows"]] == [x["fid"] for x in r["rows"][:2]]
+    with pytest.raises(GanqError, match="lists one twice"):
+        _settings(granularity="channel,channel")
+    with pytest.raises(GanqError, match="granularity must be"):
+        _settings(granularity="channel,group:10")

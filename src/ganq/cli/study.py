@@ -19,7 +19,8 @@ def sweep(models: Annotated[list[str], typer.Argument(help="Generators: MODEL.on
                                                          "(default: each model's spec)")] = None,
           bits: Annotated[str, typer.Option(help="Bit widths; 32 is the float model")] = "32,8,7,6,5,4,3",
           format: Annotated[str, typer.Option("--format", help=formats_help())] = "packed",
-          granularity: Annotated[str, typer.Option(help=granularities_help())] = "tensor",
+          granularity: Annotated[str, typer.Option(help=granularities_help() + "; a comma list is an axis (rows of "
+                                                   "the others labelled METHOD @G)")] = "tensor",
           method: Annotated[str, typer.Option(help="Quantization method (see ganq quantize --help)")] = "minmax",
           method_opt: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE option of the method")] = None,
           methods: Annotated[Optional[str], typer.Option(

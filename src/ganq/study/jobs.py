@@ -37,6 +37,10 @@ class Job:
     bits: int | None      # None: the mixed-precision row
     net: str              # the feature network (a path or zoo:NAME)
     prefix: str           # cache/<prefix>-<cell key>-<suffix>
+    granularity: str = ""  # one of the sweep's granularities ("": its first)
+
+    def gran(self, s: SweepSettings) -> str:
+        return self.granularity or s.granularities()[0]
 
 
 @dataclass(frozen=True)
@@ -62,15 +66,17 @@ def _job_threads(ctx: Context):
 
 def _cache_path(job: Job, ctx: Context, repeat: int) -> Path:
     s = ctx.settings
-    key = s.cell_key(job.name, job.opts, repeat, float_row=job.bits == FLOAT_BITS, mixed=job.bits is None)
+    key = s.cell_key(job.name, job.opts, repeat, float_row=job.bits == FLOAT_BITS, mixed=job.bits is None,
+                     granularity=job.gran(s))
     return Path(ctx.out) / "cache" / f"{job.prefix.replace('{key}', key)}-{'mixed' if job.bits is None else job.bits}.npz"
 
 
 def _file_tag(job: Job) -> str:
+    gran = f"-{job.granularity.replace(':', '')}" if job.granularity and job.bits != FLOAT_BITS else ""
     if job.bits == FLOAT_BITS or (job.name == "minmax" and not job.opts):
-        return ""
+        return gran
     opts = "-" + hashlib.sha256(json.dumps(job.opts).encode()).hexdigest()[:6] if job.opts else ""
-    return f"-{job.name}{opts}"
+    return f"-{job.name}{opts}{gran}"
 
 
 def _mixed_file(job: Job, ctx: Context) -> tuple[Path, dict | None]:
@@ -110,7 +116,7 @@ def _mixed_file(job: Job, ctx: Context) -> tuple[Path, dict | None]:
 def _quantize_options(job: Job, s: SweepSettings, bits: int) -> QuantizeOptions:
     float_row = bits == FLOAT_BITS
     return QuantizeOptions(bits=bits, method="minmax" if float_row else job.name, method_opts=() if float_row
-                           else job.opts, granularity=s.granularity, format=s.format, fold_bn=s.fold_bn,
+                           else job.opts, granularity=job.gran(s), format=s.format, fold_bn=s.fold_bn,
                            recalibrate_bn=s.recalibrate_bn and not float_row, calibration=s.calibration,
                            calibration_seed=s.calibration_seed)
 
@@ -158,7 +164,7 @@ def run_job(job: Job, ctx: Context) -> dict:
             row = {"model": job.model.name, "dataset": job.model.dataset,
                    "bits": round(mixed["avg_bits"], 3) if mixed else job.bits, "kind": "mixed" if mixed else "uniform",
                    "method": job.method, "method_opts": dict(job.opts), "format": s.format,
-                   "granularity": s.granularity, "fold_bn": s.fold_bn,
+                   "granularity": job.gran(s), "fold_bn": s.fold_bn,
                    "recalibrate_bn": s.recalibrate_bn and job.bits != FLOAT_BITS, "seed": s.seed + r, "quantize_seconds": (qrep or {}).get("seconds"), "file": str(qpath),
                    **{k: sizes[k] for k in ("bytes_file", "bytes_ideal", "bytes_fp32", "bytes_gzip")},
                    **{k: v for k, v in metrics.items() if k not in ("n_fake", "feature_dim")},
@@ -258,10 +264,14 @@ def plan_jobs(refs: list[ModelRef], settings: SweepSettings, features: str | Non
                   f"{hashlib.sha256(Path(ref.model).read_bytes()).hexdigest()[:12]}")
         if FLOAT_BITS in settings.bits:
             jobs.append(Job(ref, "fp32", "minmax", (), FLOAT_BITS, net_ref, prefix))
-        for label, (name, opts) in zip(settings.labels(), settings.method_list()):
-            jobs += [Job(ref, label, name, opts, b, net_ref, prefix) for b in settings.bits if b != FLOAT_BITS]
-            if settings.mixed:
-                jobs.append(Job(ref, label, name, opts, None, net_ref, prefix))
+        for i, gran in enumerate(settings.granularities()):
+            g = "" if i == 0 else gran  # the first granularity's rows keep their labels, files and cache keys
+            for label, (name, opts) in zip(settings.labels(), settings.method_list()):
+                label = f"{label} @{gran}" if g else label
+                jobs += [Job(ref, label, name, opts, b, net_ref, prefix, g) for b in settings.bits
+                         if b != FLOAT_BITS]
+                if settings.mixed:
+                    jobs.append(Job(ref, label, name, opts, None, net_ref, prefix, g))
     return jobs, nets
 
 

@@ -83,7 +83,11 @@ class SweepSettings:
             raise GanqError(f"--bits lists a width twice: {','.join(map(str, self.bits))}")
         if self.format not in FORMATS:
             raise GanqError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
-        parse_granularity(self.granularity)
+        grans = self.granularities()
+        for g in grans:
+            parse_granularity(g)
+        if len(set(grans)) != len(grans):
+            raise GanqError(f"--granularity lists one twice: {self.granularity}")
         from ganq.errors import check_range
         from ganq.quantize.methods import make_method
         from ganq.quantize.options import conflicts_with
@@ -107,6 +111,11 @@ class SweepSettings:
             MixedOptions(target=self.mixed, bits_choices=self.mixed_choices, proxy_n=self.proxy_n, verify_n=self.n,
                          flags=("--mixed", "--mixed-choices"))
 
+    def granularities(self) -> tuple[str, ...]:
+        """The granularity axis: `granularity` is one (tensor, channel, group:G) or a comma list; the first is the
+        sweep's own (its rows keep their labels and cache keys), each other adds its rows labelled `METHOD @G`."""
+        return tuple(g.strip() for g in str(self.granularity).split(","))
+
     def method_list(self) -> list[tuple[str, tuple]]:
         """[(name, options)] in order."""
         if not self.methods:
@@ -118,11 +127,12 @@ class SweepSettings:
                                                      if self.method_opts else "")]
 
     def cell_key(self, method: str = "minmax", opts: tuple = (), repeat: int = 0, float_row: bool = False,
-                 mixed: bool = False) -> str:
+                 mixed: bool = False, granularity: str | None = None) -> str:
         """The cache key of one cell: the options that change its numbers, in the form sweeps have always used (the
         single-method key at repeat 0), so that caches of earlier sweeps stay valid. The float row is the same for
         every method."""
-        d = {"format": self.format, "granularity": self.granularity, "method": "minmax" if float_row else method,
+        gran = self.granularities()[0] if float_row or granularity is None else granularity
+        d = {"format": self.format, "granularity": gran, "method": "minmax" if float_row else method,
              "method_opts": () if float_row else tuple(opts), "fold_bn": self.fold_bn, "n": self.n,
              "seed": self.seed + repeat, "speed": self.speed,
              "eval": asdict(replace(self.eval, seed=self.eval.seed + repeat))}
