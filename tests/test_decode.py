@@ -118,3 +118,44 @@ def test_the_file_in_three_parts_and_its_bounds(tiny_onnx, tmp_path, fmt):
     assert rep["bytes_entropy_codes"] <= -(-3 * n // 8) + len(rep["tensors"])
     import lzma
     assert rep["bytes_xz"] == len(lzma.compress((tmp_path / "q.onnx").read_bytes(), preset=9 | lzma.PRESET_EXTREME))
+
+
+@pytest.mark.parametrize("fmt", ["int", "packed"])
+def test_float_bits_8_stores_biases_as_int8_and_decoders_as_float16(tiny_onnx, tmp_path, fmt):
+    """--float-bits 8: the other parameters int8 per tensor (scale max|x| / 127) behind DequantizeLinear, the
+    decoders float16; smaller than 16, within the same tolerance, and the file's parts still sum."""
+    import onnx
+
+    from ganq.quantize.float_bits import FLOAT16_TOLERANCE
+
+    kw = dict(bits=4, granularity="channel", format=fmt, bn_into_decoder=True)
+    a = quantize_file(tiny_onnx, tmp_path / "a.onnx", QuantizeOptions(**kw, float_bits=16), sizes=True)
+    b = quantize_file(tiny_onnx, tmp_path / "b.onnx", QuantizeOptions(**kw, float_bits=8), sizes=True)
+    assert b["float_bits"] == 8 and b["bytes_file"] < a["bytes_file"]
+    assert b["float16"]["rms"] <= FLOAT16_TOLERANCE * 2
+    for r in (a, b):
+        assert r["bytes_codes"] + r["bytes_decoders"] + r["bytes_other"] == r["bytes_file"]
+        assert r["bytes_other"] > 0
+    m = onnx.load(str(tmp_path / "b.onnx"))
+    inits = {i.name: i for i in m.graph.initializer}
+    int8 = [n for n, i in inits.items() if i.data_type == onnx.TensorProto.INT8]
+    assert int8 and all(n.endswith("_i8") for n in int8)
+    from onnx import numpy_helper
+    for n in int8:
+        q = numpy_helper.to_array(inits[n])
+        assert np.abs(q).max() == 127  # max|x| maps to 127
+    dq = {n.input[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    assert set(int8) <= dq
+    assert not [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.name.endswith("_scale")
+                and not i.name.endswith("_i8_scale") and i.name not in {"", None}
+                and len(i.dims) > 0 and np.prod(i.dims) > 1]  # decoders' scales are float16 now
+    ga, gb = Generator(tmp_path / "a.onnx"), Generator(tmp_path / "b.onnx")
+    z = ga.latents(16, 0)
+    assert np.sqrt(np.mean((ga.run(z) - gb.run(z)) ** 2)) <= FLOAT16_TOLERANCE * 2
+
+
+def test_bad_float_bits_is_one_line():
+    from ganq.errors import GanqError
+
+    with pytest.raises(GanqError, match="--float-bits must be 32, 16 or 8"):
+        QuantizeOptions(bits=4, float_bits=4)

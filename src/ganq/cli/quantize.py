@@ -45,7 +45,7 @@ def _render_quant(r: dict) -> None:
         out_console.print(f"BatchNorm folded into decoders: {r['bn_into_decoder']}", highlight=False)
     if r.get("float16"):
         f = r["float16"]
-        out_console.print(f"float16: {f['tensors']} float tensors; outputs moved by {f['rms']:.2g} RMS, at most "
+        out_console.print(f"float{r.get('float_bits', 16)}: {f['tensors']} float tensors; outputs moved by {f['rms']:.2g} RMS, at most "
                           f"{f['max_abs']:.2g}", highlight=False)
     if r.get("activations"):
         a = r["activations"]
@@ -79,8 +79,9 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
              plan: Annotated[Optional[Path], typer.Option(help="JSON plan with per-tensor bits/method")] = None,
              fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the weights first")] = False,
              float_bits: Annotated[int, typer.Option(
-                 help="32 or 16: the floats that are not quantized weights (biases, decoders, other parameters) "
-                      "as float16")] = 32,
+                 help="32, 16 or 8: the floats that are not quantized weights (biases, decoders, other "
+                      "parameters) as float16; 8: biases and other parameters as int8 per tensor, decoders "
+                      "float16")] = 32,
              bn_into_decoder: Annotated[bool, typer.Option(
                  "--bn-into-decoder", help="Fold a BatchNorm after a per-channel layer into its decoder and bias, "
                  "after quantizing (exact; the codes do not change)")] = False,

@@ -41,7 +41,7 @@ class QuantizeOptions:
     calibration_seed: int = 0
     recalibrate_bn: bool = False
     bn_into_decoder: bool = False  # fold a following BatchNorm into the quantized layer's decoder (quantize.bn_decoder)
-    float_bits: int = 32           # 16: the floats that are not quantized weights stored as float16 (float_bits)
+    float_bits: int = 32           # 16 / 8: the floats that are not quantized weights stored smaller (float_bits)
     activations: int = 0           # 8 / 16: QDQ pairs on the activations (quantize.activations); 0: weights only
     act_calibration: str = "minmax"
     act_percentile: float = 99.99
@@ -67,7 +67,7 @@ class QuantizeOptions:
         conflicts_with(config, self.recalibrate_bn)
         from ganq.quantize.float_bits import FLOAT_BITS_CHOICES
         if self.float_bits not in FLOAT_BITS_CHOICES:
-            raise GanqError(f"--float-bits must be 32 or 16, got {self.float_bits!r}")
+            raise GanqError(f"--float-bits must be 32, 16 or 8, got {self.float_bits!r}")
         self._check_activations(config)
         object.__setattr__(self, "method_config", config)
         object.__setattr__(self, "overrides", read_plan_file(self.plan_file) if self.plan_file else {})

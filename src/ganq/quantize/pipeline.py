@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ganq.errors import GanqError
 from ganq.onnx_io import load_model, save_model
@@ -83,14 +84,21 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         extra["activations"] = quantize_activations(
             model, options, calibrator(model, options, todo, notes, data_root, what="--activations"))
     f16 = None
-    if options.float_bits == 16:
+    if options.float_bits != 32:
         from ganq.quantize.float_bits import check_float16, to_float16
 
         before = onnx.ModelProto.FromString(model.SerializeToString())
         keep = {r["tensor"] for r in rows} if options.format == "fake" else set()  # x_hat stays on its grid
-        f16 = {"tensors": to_float16(model, keep), **check_float16(before, model)}
+        decoders = {i.name for i in edit.inits}   # the weights' decoders: float16 even at --float-bits 8
+        int8 = None if options.float_bits == 16 else \
+            {i.name for i in model.graph.initializer if i.name not in decoders}
+        f16 = {"tensors": to_float16(model, keep, int8), **check_float16(before, model, options.float_bits)}
     if f16 is not None:
-        extra.update({"float_bits": 16, "float16": f16})
+        # the codes and decoders as stored now (their floats narrowed): what the size report's parts add up
+        names = {i.name for i in edit.inits}
+        coded = sum(len(i.raw_data) if i.raw_data else numpy_helper.to_array(i).nbytes
+                    for i in model.graph.initializer if i.name.removesuffix("_f16").removesuffix("_i8") in names)
+        extra.update({"float_bits": options.float_bits, "float16": f16, "bytes_coded": int(coded)})
     report = record(model, options, plan, rows, edit, folded, v, calib, notes, weights, extra)
     report = dict(report, seconds={k: round(t, 3) for k, t in seconds.items()}, **timed)
     return model, report
@@ -134,7 +142,7 @@ def quantize_file(src: str | Path, out: str | Path, options: QuantizeOptions, pl
 
     quantized = report["tensors"]
     codes = sum(row_code_bytes(r, options.format, report["opset"]) for r in quantized)
-    stored = sum(r["bytes_stored"] for r in quantized)
+    stored = report.get("bytes_coded", sum(r["bytes_stored"] for r in quantized))
     # the file in three parts: the codes, their decoders, and the rest (floats that are not weights, the graph)
     report.update({"bytes_codes": int(codes), "bytes_decoders": int(stored - codes),
                    "bytes_other": int(len(data) - stored)})

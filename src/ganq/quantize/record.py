@@ -11,7 +11,7 @@ from ganq.errors import GanqError
 from ganq.onnx_io import META_QUANT, write_metadata
 
 
-FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)  # float16: what --float-bits 16 stored
+FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8)  # what --float-bits 16 / 8 stored
 
 
 def _param_count(model: onnx.ModelProto) -> int:
@@ -20,10 +20,11 @@ def _param_count(model: onnx.ModelProto) -> int:
 
 def _ideal(options, other: int, rows) -> int:
     """k bits a weight, plus the decoders and the other floats at the width they are stored (--float-bits)."""
-    if options.float_bits != 16:
+    if options.float_bits == 32:
         return 4 * other + sum(r["bytes_ideal"] for r in rows)
+    per = options.float_bits // 8   # the decoders stay float16 at --float-bits 8
     codes = [int(np.ceil(r.get("params_stored", r["params"]) * r["bits"] / 8)) for r in rows]
-    return 2 * other + sum(c + (r["bytes_ideal"] - c) // 2 for c, r in zip(codes, rows))
+    return per * other + sum(c + (r["bytes_ideal"] - c) // 2 for c, r in zip(codes, rows))
 
 
 def coverage(weights: dict[str, int], rows) -> dict:
@@ -43,7 +44,8 @@ def record(model, options, plan, rows, edit, folded: int, v: int, calib, notes, 
     quantized_params = sum(r["params"] for r in rows)
     all_params = total if total is not None else quantized_params + sum(
         int(np.prod(i.dims, dtype=np.int64)) for i in graph.initializer
-        if i.data_type in FLOATS and i.name.removesuffix("_f16") not in {n.name for n in edit.inits})
+        if i.data_type in FLOATS and not i.name.endswith("_i8_scale")
+        and i.name.removesuffix("_f16").removesuffix("_i8") not in {n.name for n in edit.inits})
     if total is not None:  # OCS grows a fake weight; count the original parameters
         all_params -= sum(r.get("params_stored", r["params"]) - r["params"] for r in rows)
     other = all_params - quantized_params
