@@ -1,6 +1,7 @@
 """`ganq app` in headless chromium (onnxruntime-web 1.30, wasm, cross-origin isolated): page load, first image and
-time per image at batch 1 and 16, for the fp32, 4-bit int and 3-bit packed Fashion-MNIST generator, the k-bit ones
-with the page's decoders folded once (the default) and run per call; saves a screenshot of the 3-bit page. Needs chromium and web/node_modules (cd web && npm ci).
+time per image at batch 1 and 16, for the fp32, 4-bit int, 3-bit packed and 4-bit nbits (MatMulNBits, group:32)
+Fashion-MNIST generator, the k-bit ones decoded once (the default: the page runs the split-off decoder once,
+ganq.app.split) and per call; saves a screenshot of the 3-bit page. Needs chromium and web/node_modules (cd web && npm ci).
 
     .venv/bin/python benchmarks/app_timings.py --screenshot docs/app.png
 """
@@ -31,9 +32,11 @@ def main():
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ganq-app-bench."))
     src = resolve_model("zoo:fashion-mnist-cnn3")
-    models = {"fp32": src, "int 4-bit": work / "int4.onnx", "packed 3-bit": work / "packed3.onnx"}
+    models = {"fp32": src, "int 4-bit": work / "int4.onnx", "packed 3-bit": work / "packed3.onnx",
+              "nbits 4-bit group:32": work / "nbits4.onnx"}
     quantize_file(src, models["int 4-bit"], QuantizeOptions(bits=4, format="int"))
     quantize_file(src, models["packed 3-bit"], QuantizeOptions(bits=3, format="packed"))
+    quantize_file(src, models["nbits 4-bit group:32"], QuantizeOptions(bits=4, format="nbits", granularity="group:32"))
     z = np.random.default_rng(0).standard_normal((1, 100)).astype(np.float32)
     (work / "z.json").write_text(json.dumps({"n": 1, "z": z.ravel().tolist()}))
     rows = []
@@ -55,13 +58,15 @@ def main():
         httpd.server_close()
         med = {k: float(np.median([r[k] for r in runs])) for k in ("load_ms", "first_image_ms", "per_image_ms_batch1",
                                                                   "per_image_ms_batch16", "page_to_ready_ms")}
-        rows.append({"model": name, "bytes": model.stat().st_size, "threads": runs[0]["threads"], **med, "runs": runs})
+        shipped = json.loads((folder / "app.json").read_text())["bytes"]
+        rows.append({"model": name, "bytes": model.stat().st_size, "bytes_shipped": shipped,
+                     "threads": runs[0]["threads"], **med, "runs": runs})
         print(f"{name}: done", flush=True)
-    print("\n| model | file | runtime + model load | page ready (incl. timing runs) | first image | per image, batch 1 "
+    print("\n| model | file (shipped) | runtime + model load | page ready (incl. timing runs) | first image | per image, batch 1 "
           "| per image, batch 16 |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['bytes'] / 1024:,.0f} KiB | {r['load_ms']:.0f} ms | {r['page_to_ready_ms']:.0f} ms "
+        print(f"| {r['model']} | {r['bytes'] / 1024:,.0f} KiB ({r['bytes_shipped'] / 1024:,.0f}) | {r['load_ms']:.0f} ms | {r['page_to_ready_ms']:.0f} ms "
               f"| {r['first_image_ms']:.1f} ms | {r['per_image_ms_batch1']:.2f} ms | {r['per_image_ms_batch16']:.2f} ms |")
     print(f"(median of {args.repeat} page loads each, {rows[0]['threads']} wasm threads, headless chromium)")
     out = Path(args.out)
