@@ -46,15 +46,11 @@ def models(tmp_path_factory):
 
 def test_app_folder_contents(models, tmp_path):
     r = build_app(models["packed3"], tmp_path / "app")
-    assert sorted(r["files"]) == ["app.js", "app.json", "decoder.onnx", "index.html", "model.onnx"]
+    assert sorted(r["files"]) == ["app.js", "app.json", "index.html", "model.onnx"]
     info = json.loads((tmp_path / "app" / "app.json").read_text())
     assert info["ort"]["module"] == "https://cdn.jsdelivr.net/npm/onnxruntime-web@1.30.0/dist/ort.wasm.min.mjs"
     assert info["quant"]["bits"] == 3 and info["quant"]["format"] == "packed" and info["spec"]["latent_dim"] == 100
-    # decoded once by the page: the decoder and the graph with its weights as external data, about the file's size
-    assert info["split"]["path"] == "weights.bin" and len(info["split"]["weights"]) == 4
-    assert info["bytes"] <= 1.05 * models["packed3"].stat().st_size
-    per = build_app(models["packed3"], tmp_path / "per", decode="per-call")
-    assert "split" not in per and (tmp_path / "per" / "model.onnx").read_bytes() == models["packed3"].read_bytes()
+    assert (tmp_path / "app" / "model.onnx").read_bytes() == models["packed3"].read_bytes()
     if ORT_WEB.is_dir():
         r = build_app(models["packed3"], tmp_path / "app", ort_web=ORT_WEB)  # an app folder may be rewritten
         assert {f"ort/{f}" for f in ORT_FILES} <= set(r["files"]) and r["ort"]["module"] == "./ort/ort.wasm.min.mjs"
@@ -117,7 +113,6 @@ def test_page_matches_python_onnxruntime(models, kind, tmp_path):
     if kind == "w8a8":  # integer kernels on both sides (the page keeps the QDQ fusions on for this file)
         assert json.loads((folder / "app.json").read_text())["decode"] == "integer"
     assert np.abs(image - want).max() <= 1e-5, np.abs(image - want).max()
-    assert ("split" in json.loads((folder / "app.json").read_text())) == (kind in ("int4", "packed3"))
     t = got["timings"]
     assert t["cross_origin_isolated"] and t["threads"] >= 1 and t["per_image_ms_batch16"] > 0
     assert not [m for m in got["logs"] if "error" in m.lower()], got["logs"]

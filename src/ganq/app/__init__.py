@@ -3,8 +3,7 @@
     build_app("g3.onnx", "app/", ort_web="web/node_modules/onnxruntime-web")
 
 The folder holds index.html, app.js, model.onnx and app.json (what the page reads: the spec, the file's size and
-quantization, where onnxruntime-web comes from); a quantized file decoded once (the default) comes as decoder.onnx
-and model.onnx (ganq.app.split: the page decodes the weights itself, once). Serve it with any static server; threads need cross-origin
+quantization, where onnxruntime-web comes from). Serve it with any static server; threads need cross-origin
 isolation (COOP: same-origin, COEP: require-corp), without them onnxruntime-web runs on one thread.
 """
 
@@ -142,17 +141,7 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
     clean_stale(out)  # the temporary folder of an interrupted earlier run (its process gone)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
-        parts = None
-        if decode == "once" and quant is not None and quant.get("format") != "fake":
-            from ganq.app.split import WEIGHTS, split
-
-            parts = split(run_model)
-        if parts is not None:  # decoded once by the page itself: decoder.onnx -> the weights' external data
-            dec, main, order = parts
-            (tmp / "decoder.onnx").write_bytes(dec.SerializeToString())
-            (tmp / "model.onnx").write_bytes(main.SerializeToString())
-            info["split"] = {"decoder": "decoder.onnx", "path": WEIGHTS, "weights": order}
-        elif run_model is proto and not external:
+        if run_model is proto and not external:
             shutil.copyfile(model, tmp / "model.onnx")
         else:  # external data inlined, or the batch made symbolic
             (tmp / "model.onnx").write_bytes(run_model.SerializeToString())
@@ -160,7 +149,7 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
         if strip is not None:
             strip.save(tmp / "inputs.png")
             info.update({"samples": "inputs.png", "samples_n": strip.width // spec.inputs_of("image")[0].image_hw[2]})
-        info["bytes"] = sum((tmp / f).stat().st_size for f in ("model.onnx", "decoder.onnx") if (tmp / f).exists())
+        info["bytes"] = (tmp / "model.onnx").stat().st_size
         for f in ("index.html", "app.js"):
             shutil.copyfile(STATIC / f, tmp / f)
         if src is not None:

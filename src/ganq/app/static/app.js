@@ -137,25 +137,8 @@ async function main() {
   ort.env.wasm.wasmPaths = new URL(cfg.ort.wasmPaths, location.href).href;  // relative to the page, not the module
   const isolated = self.crossOriginIsolated === true;
   ort.env.wasm.numThreads = isolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
-  // a quantized file decoded once comes in two parts (ganq.app.split): run the decoder once, then hand its float32
-  // weights to the generator's session as external data (onnxruntime-web folds no packed decoder itself)
-  let externalData;
-  if (cfg.split) {
-    const dec = await ort.InferenceSession.create(cfg.split.decoder, { executionProviders: ["wasm"] });
-    const outs = await dec.run({});
-    const buf = new Uint8Array(cfg.split.weights.reduce((a, w) => a + w[1], 0));
-    let off = 0;
-    for (const [name, len] of cfg.split.weights) {
-      const d = outs[name].data;
-      buf.set(new Uint8Array(d.buffer, d.byteOffset, len), off);
-      off += len;
-    }
-    await dec.release();
-    externalData = [{ path: cfg.split.path, data: buf }];
-  }
   const session = await ort.InferenceSession.create(cfg.model, {
     executionProviders: ["wasm"],
-    ...(externalData ? { externalData } : {}),
     // as ganq's Python runtime: never swap DequantizeLinear -> MatMul for MatMulNBits with 8-bit activations, and
     // (decode "once", the default) fold the weights' DequantizeLinear into float weights when the session is made;
     // "integer" (a file with quantized activations) keeps the QDQ fusions on: the integer kernels
