@@ -39,10 +39,12 @@ class SolveContext:
 
 
 def option(default, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,
-           choices: tuple[str, ...] | None = None, note: str = ""):
+           choices: tuple[str, ...] | None = None, note: str = "", added: bool = False):
     """A method option with its range ([lo, hi], either end open) or its choices, declared on the field; checked by
-    `check_options` when the config is made. note: said after the range in the error."""
-    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open), "choices": choices, "note": note})
+    `check_options` when the config is made. note: said after the range in the error; added: an option a method
+    gained later, left out of `options()` (the file's record) at its default, so earlier files stay byte-identical."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open), "choices": choices, "note": note,
+                                            "added": added})
 
 
 def _range_text(typ, lo, hi, lo_open, hi_open) -> str:
@@ -128,7 +130,8 @@ class Method:
             raise GanqError(f"method {self.name} takes {self.min_bits} to {self.max_bits} bits, got {bits}")
 
     def options(self) -> dict:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not (f.metadata.get("added") and getattr(self, f.name) == f.default)}
 
     def solve(self, x: np.ndarray, bits: int, axis: int | None, ctx: SolveContext | None = None) -> Solution:
         raise NotImplementedError

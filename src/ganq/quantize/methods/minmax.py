@@ -23,7 +23,7 @@ class MinMax(Method):
     name = "minmax"
     summary = "the study's method: a uniform grid from min to max (2^k levels)"
     paper = "Post-Training Quantization of GANs (the study ganq re-runs)"
-    zero_point: str = option("float", choices=("float", "integer"))
+    zero_point: str = option("float", choices=("float", "integer"), added=True)
 
     def solve(self, x, bits, axis, ctx=None):
         self.check_bits(bits)
