@@ -448,10 +448,11 @@ def check_provider(provider: str) -> None:
 
 def session(model, provider: str = "cpu", threads: int | None = None, *, outputs: list[str] | None = None,
             config: dict | None = None, optimization: str | None = None, quiet: bool = False,
-            decode: str | None = None):
+            decode: str | None = None, save_optimized: str | Path | None = None):
     """The one onnxruntime InferenceSession recipe. model: a path, serialized bytes or an onnx.ModelProto;
     provider cpu, cuda or xnnpack; outputs: make these tensors the graph's outputs and drop every node they do not need
-    (onnxruntime runs every node otherwise, needed or not)."""
+    (onnxruntime runs every node otherwise, needed or not); save_optimized: where onnxruntime writes the graph as
+    optimised (export-ort's decoded weights)."""
     import onnxruntime as ort
 
     check_provider(provider)
@@ -461,6 +462,8 @@ def session(model, provider: str = "cpu", threads: int | None = None, *, outputs
             raise GanqError(f"--decode must be {' or '.join(DECODE)}, got {decode!r}")
         config = {**DECODE[decode], **(config or {})}
     so = session_options(threads, config, optimization, quiet)
+    if save_optimized is not None:
+        so.optimized_model_filepath = str(save_optimized)
     if outputs is not None:
         import onnx
 

@@ -44,15 +44,12 @@ def decoded(proto, work: Path):
     """proto with every weight decoder folded into float32 initializers (onnxruntime's basic level with
     DequantizeLinear folding on), its metadata kept; MatMulNBits nodes stay."""
     import onnx
-    import onnxruntime as ort
 
-    from ganq.onnx_io import DECODE, copy_metadata, session_options
+    from ganq.onnx_io import copy_metadata, session
 
     src, dst = work / "coded.onnx", work / "decoded.onnx"
     onnx.save(proto, str(src))
-    so = session_options(config=DECODE["once"], optimization="basic", quiet=True)
-    so.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    session(src, decode="once", optimization="basic", quiet=True, save_optimized=dst)
     out = onnx.load(str(dst))
     copy_metadata(proto, out)
     return out

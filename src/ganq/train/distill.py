@@ -21,7 +21,6 @@ import torch
 from torch.nn import functional as F
 
 from ganq.errors import GanqError
-from ganq.quantize.decoders import rows, unrows
 from ganq.onnx_io import feed_size, fixed_batch, probe_inputs, resolve_model, sample_inputs, slice_feed
 from ganq.spec import GeneratorSpec
 from ganq.train.onnx_torch import OnnxTorch, Unsupported, check_against_onnxruntime
@@ -42,13 +41,23 @@ class _Round(torch.autograd.Function):
         return g
 
 
+def _rows(a: np.ndarray, axis: int) -> np.ndarray:
+    """a as [C, n], one row per channel along axis (quantize.decoders.rows; the torch side imports only the base)."""
+    return np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)
+
+
+def _unrows(r: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
+    moved = (shape[axis],) + tuple(s for i, s in enumerate(shape) if i != axis)
+    return np.moveaxis(r.reshape(moved), 0, axis)
+
+
 class QTensor(torch.nn.Module):
     def __init__(self, t: dict):
         super().__init__()
         self.name, self.levels = t["name"], float(2 ** t["bits"] - 1)
         # group:G: codes in the row form [C, K], the grid compact [C, ng] and expanded over the groups when used
         self.group, self.axis, self.shape = t.get("group"), t.get("axis"), t["codes"].shape
-        codes = rows(t["codes"], self.axis) if self.group else t["codes"]
+        codes = _rows(t["codes"], self.axis) if self.group else t["codes"]
         self.v = torch.nn.Parameter(torch.from_numpy(codes.astype(np.float32)))
         shape = np.broadcast_shapes(t["scale"].shape, t["offset"].shape, t["zero_point"].shape)
         self.ls = torch.nn.Parameter(torch.zeros(shape))
@@ -79,7 +88,7 @@ class QTensor(torch.nn.Module):
             scale, offset = self.grid()
             codes = torch.clamp(torch.round(self.v), 0.0, self.levels).numpy().astype(np.int64)
         if self.group:
-            codes = unrows(codes, self.shape, self.axis)
+            codes = _unrows(codes, self.shape, self.axis)
         return {"codes": codes, "scale": scale.numpy().astype(np.float32),
                 "offset": offset.numpy().astype(np.float32)}
 
