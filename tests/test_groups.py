@@ -329,3 +329,28 @@ def test_nbits_with_integer_zero_points_is_bit_identical():
     q, rep = quantize_model(m, QuantizeOptions(**kw, format="nbits"))
     info = rep["tensors"][0]["info"]["nbits"]
     assert info["zero_point"] == "uint8" and info["max_abs"] == 0
+
+
+def test_symmetric_full_range_uses_every_code():
+    """range=full: the weight of largest magnitude maps to -2^(k-1) exactly (a negative scale where it is
+    positive), 2^k levels; narrow keeps 2^k - 1; full is refused by --activations (negative scales)."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((6, 64)).astype(np.float32)
+    for bits in (2, 3, 4):
+        full = make_method("symmetric", {"range": "full"}).solve(w, bits, 0)
+        narrow = make_method("symmetric").solve(w, bits, 0)
+        wf = full.dequantize()
+        for c in range(6):
+            v = w[c, np.abs(w[c]).argmax()]
+            assert wf[c, np.abs(w[c]).argmax()] == v
+            assert full.decoder.scale.ravel()[c] == np.float32(v / np.float32(-(2 ** (bits - 1))))
+        assert full.codes.max() - full.codes.min() <= 2 ** bits - 1 and narrow.codes.min() >= 1
+        assert len(np.unique(full.codes)) > len(np.unique(narrow.codes)) or bits > 2
+    with pytest.raises(GanqError, match="--activations needs a symmetric weight grid"):
+        QuantizeOptions(bits=8, method="symmetric", method_opts=(("range", "full"),), granularity="channel",
+                        format="int", activations=8)
+    m = _gemm("MatMul")
+    _, rep = quantize_model(m, QuantizeOptions(bits=2, method="symmetric", method_opts=(("range", "full"),),
+                                               granularity="group:16", format="nbits"))
+    info = rep["tensors"][0]["info"]["nbits"]
+    assert info["zero_point"] == "uint8" and info["max_abs"] == 0
