@@ -186,7 +186,7 @@ def test_ocs_split_is_exact_and_within_grid():
 def test_bad_method_options():
     for name, opts, msg in (("aciq", {"prior": "cauchy"}, "laplace, gaussian"),
                             ("mse", {"steps": "1"}, "2..10000"), ("mse", {"steps": "x"}, "must be a int"),
-                            ("ocs", {"ratio": "0"}, r"\(0, 1\]"), ("symmetric", {"foo": "1"}, "options: none"), ("minmax", {"zero_point": "int"}, "float, integer"),
+                            ("ocs", {"ratio": "0"}, r"\(0, 1\]"), ("log2", {"foo": "1"}, "options: none"), ("symmetric", {"range": "wide"}, "narrow, full"), ("minmax", {"zero_point": "int"}, "float, integer"),
                             ("kmeans", {"seed": "1"}, "init, iters"), ("nope", {}, "unknown method")):
         with pytest.raises(GanqError, match=msg):
             make_method(name, opts)
