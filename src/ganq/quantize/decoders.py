@@ -134,12 +134,12 @@ class Solution:
             return self.decoder.decode(self.codes, self.axis)
         return self.decoder.decode(self.codes)
 
-    def row_decoder(self) -> Affine:
-        """A grouped affine decoder with its parameters expanded to the row form [C, K] (one float32 formula);
-        a grouped codebook as per-row levels is decoded through `group_index`."""
-        c, k = rows(self.codes, self.axis).shape
+    def row_decoder(self) -> "Affine | _GroupedCodebook":
+        """The grouped decoder on row-form codes [C, K]: an Affine with its parameters expanded over the groups (one
+        float32 formula), or a codebook's levels indexed through `group_index`."""
+        k = rows(self.codes, self.axis).shape[1]
         if isinstance(self.decoder, Codebook):
-            return _GroupedCodebook(self.decoder.levels, self.group, k)
+            return _GroupedCodebook(self.decoder.levels, self.group)
         d = self.decoder
         return Affine(*(expand_groups(a, self.group, k) for a in (d.scale, d.offset, d.zero_point)))
 
@@ -159,7 +159,6 @@ class _GroupedCodebook:
 
     levels: np.ndarray
     group: int
-    k: int
 
     def decode(self, codes_rows: np.ndarray) -> np.ndarray:
         return self.levels.reshape(-1)[group_index(codes_rows, self.levels.shape[1], self.group)]

@@ -92,7 +92,7 @@ def _to_weight(b: GraphEdit, name: str, value: str, sol: Solution, out: str) -> 
     return b.node("Transpose", [x], out, final=True, perm=perm)
 
 
-def _grouped_tail(b: GraphEdit, name: str, sol: Solution, value: str, out: str) -> tuple[str, int]:
+def _grouped_tail(b: GraphEdit, name: str, sol: Solution, value: str, out: str) -> int:
     """out = the grouped decoder applied to row-form codes `value` ([C, K]: float32 for affine, int32 for a
     codebook), in the weight's shape; returns the decoder's bytes."""
     c, k = rows(sol.codes, sol.axis).shape
@@ -123,9 +123,9 @@ def emit_fake(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
 def emit_int(b: GraphEdit, name: str, sol: Solution, opset: int) -> int:
     """Replace initializer `name` by its integer codes and decoder; returns bytes stored."""
     np_type, _ = code_container(sol.bits, opset)
-    codes = sol.codes.astype(np_type)
     if sol.group:
         return _emit_int_grouped(b, name, sol, opset, np_type)
+    codes = sol.codes.astype(np_type)
     if isinstance(sol.decoder, Codebook):
         if sol.bits > 8:
             raise GanqError(f"{name}: codebook codes above 8 bits are not supported")
