@@ -5,6 +5,8 @@ checked against it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,7 @@ from ganq.train import families  # noqa: E402
 from ganq.train.archs import ARCHS, build  # noqa: E402
 from ganq.train.loop import TrainConfig, train  # noqa: E402
 
-KINDS = {"cgan": ["latent", "label"], "style": ["latent"] + ["noise"] * 7, "sr2x": ["image"]}
+KINDS = {"cgan": ["latent", "label"], "cgan-bn": ["latent", "label"], "style": ["latent"] + ["noise"] * 7, "sr2x": ["image"]}
 SIZE = {"style": 32}
 
 
@@ -43,11 +45,11 @@ def trained(arch, toy_data_root, tmp_path_factory):
 
 
 def test_registered_with_their_family():
-    assert {a: ARCHS.get(a).family for a in ("cgan", "style", "sr2x")} == {
-        "cgan": "conditional", "style": "style", "sr2x": "image-to-image"}
+    assert {a: ARCHS.get(a).family for a in ("cgan", "cgan-bn", "style", "sr2x")} == {
+        "cgan": "conditional", "cgan-bn": "conditional", "style": "style", "sr2x": "image-to-image"}
 
 
-@pytest.mark.parametrize("arch", ["cgan", "style", "sr2x"])
+@pytest.mark.parametrize("arch", ["cgan", "cgan-bn", "style", "sr2x"])
 def test_trains_exports_its_spec_and_onnxruntime_equals_torch(arch, toy_data_root, tmp_path_factory):
     from ganq.train.checkpoint import load_generator
 
@@ -56,7 +58,7 @@ def test_trains_exports_its_spec_and_onnxruntime_equals_torch(arch, toy_data_roo
     spec = read_spec(model)
     assert [i.kind for i in spec.all_inputs] == KINDS[arch]
     assert spec.image_shape == (1, SIZE.get(arch, 28), SIZE.get(arch, 28))
-    if arch == "cgan":
+    if arch.startswith("cgan"):
         assert spec.inputs_of("label")[0].classes == 10
     if arch == "sr2x":
         (img,) = spec.inputs_of("image")
@@ -71,7 +73,8 @@ def test_trains_exports_its_spec_and_onnxruntime_equals_torch(arch, toy_data_roo
     assert np.abs(got).max() <= 1.0
 
 
-@pytest.mark.parametrize("arch,method", [("cgan", "gptq"), ("style", "mse"), ("sr2x", "adaround")])
+@pytest.mark.parametrize("arch,method", [("cgan", "gptq"), ("cgan-bn", "mse"), ("style", "mse"),
+                                         ("sr2x", "adaround")])
 def test_quantize_and_evaluate(arch, method, toy_data_root, tmp_path_factory, tiny_classifier):
     from ganq.evaluate import EvalOptions, evaluate
     from ganq.quantize import QuantizeOptions, quantize_model
@@ -88,9 +91,9 @@ def test_quantize_and_evaluate(arch, method, toy_data_root, tmp_path_factory, ti
     onnx.save(q, str(out))
     feats = tiny_classifier[0]
     e = evaluate(out, "mnist", feats, EvalOptions(n=100, k=3), data_root=toy_data_root, reference=path,
-                 per_class=arch == "cgan")
+                 per_class=arch.startswith("cgan"))
     assert np.isfinite(e["fid"]) and 0 < e["psnr_fp32"] <= 100
-    if arch == "cgan":
+    if arch.startswith("cgan"):
         assert len(e["fid_per_class"]) == 10 and np.isfinite(e["intra_fid"])
     if arch == "sr2x":  # on by default for a super-resolution spec
         assert {"psnr_gt", "ssim_gt", "bicubic_psnr_gt", "bicubic_fid"} <= set(e)
@@ -184,5 +187,27 @@ def test_auxiliary_classifier_term(toy_data_root, tmp_path):
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["discriminator"]["aux.weight"].shape == (10, 128 * 7 * 7)
     assert export(tmp_path / "run", tmp_path / "g.onnx", n=16)["max_abs_diff"] <= 1e-5
-    with pytest.raises(GanqError, match="--aux is a term of the conditional architecture cgan"):
+    with pytest.raises(GanqError, match=r"--aux is a term of the conditional architectures \(cgan, cgan-bn\)"):
         TrainConfig(dataset="mnist", arch="cnn3", aux=1.0)
+
+
+def test_conditional_batchnorm_is_the_labels_affine_map_of_a_plain_batchnorm():
+    """cgan-bn's normalisation: the identity map of BatchNorm(affine=False) at initialisation, and with the tables
+    set, bn(x) * (1 + gamma[y]) + beta[y] channel by channel, so two labels give two different images of one z."""
+    torch.manual_seed(0)
+    cbn = families.ConditionalBatchNorm(3, 4, 2).eval()
+    cbn.bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    cbn.bn.running_var.copy_(torch.tensor([4.0, 1.0, 0.25]))
+    x, y = torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 2, 3, 1])
+    plain = (x - cbn.bn.running_mean.view(1, 3, 1, 1)) / torch.sqrt(cbn.bn.running_var.view(1, 3, 1, 1) + 1e-5)
+    cbn.init_identity()
+    assert torch.allclose(cbn(x, y), plain, atol=1e-6)
+    with torch.no_grad():
+        cbn.gamma.weight.copy_(torch.arange(12.0).view(4, 3) / 10)
+        cbn.beta.weight.copy_(-torch.arange(12.0).view(4, 3))
+    want = plain * (1 + cbn.gamma.weight[y].view(5, 3, 1, 1)) + cbn.beta.weight[y].view(5, 3, 1, 1)
+    assert torch.allclose(cbn(x, y), want, atol=1e-6)
+    spec = GeneratorSpec(latent_dim=8, channels=1, height=28, width=28, arch="cgan-bn")
+    spec = replace(spec, inputs=families.FAMILIES["conditional"].inputs(spec, 10))
+    g, _ = build(spec)
+    assert all(bn.gamma.weight.abs().max() == 0 for bn in (g.bn0, g.bn1, g.bn2))  # starts as the identity

@@ -46,9 +46,9 @@ def test_study_layer_counts():
 def test_arch_must_fit():
     with pytest.raises(GanqError, match="dcgan takes 32x32 images, but mnist has 1x28x28"):
         build(GeneratorSpec(latent_dim=8, channels=1, height=28, width=28, arch="dcgan", dataset="mnist"))
-    with pytest.raises(GanqError, match="choose one of fc4, cnn5, cnn3, dcgan, cgan, style, sr2x"):
+    with pytest.raises(GanqError, match="choose one of fc4, cnn5, cnn3, dcgan, cgan, cgan-bn, style, sr2x"):
         build(GeneratorSpec(latent_dim=8, channels=1, height=28, width=28, arch="resnet"))
-    assert set(ARCHS) == {"fc4", "cnn5", "cnn3", "dcgan", "cgan", "style", "sr2x"}
+    assert set(ARCHS) == {"fc4", "cnn5", "cnn3", "dcgan", "cgan", "cgan-bn", "style", "sr2x"}
 
 
 def _cfg(**kw):

@@ -116,7 +116,7 @@ def _dcgan_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.affine:  # cgan-bn's carry no affine map
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -149,6 +149,9 @@ register(Arch("dcgan", "standard DCGAN (Radford et al. 2016), 4 transposed convo
               lambda s: (s.height, s.width) == (32, 32), "32x32", _dcgan))
 register(Arch("cgan", "class-conditional cnn3: label embedding + z, projection discriminator",
               lambda s: s.height == s.width and s.height in (28, 32), "28x28 or 32x32", families._cgan,
+              "conditional"))
+register(Arch("cgan-bn", "class-conditional cnn3: the label through conditional BatchNorm, projection discriminator",
+              lambda s: s.height == s.width and s.height in (28, 32), "28x28 or 32x32", families._cgan_bn,
               "conditional"))
 register(Arch("style", "small StyleGAN2: mapping MLP, modulated convolution, noise inputs, R1",
               lambda s: s.height == s.width and s.height in (16, 32, 64), "16x16, 32x32 or 64x64 (--image-size 32)",
@@ -184,6 +187,8 @@ def build(spec: GeneratorSpec, dropout: float = 0.0, aux: bool = False) -> tuple
             g.apply(_dcgan_init)
             d.apply(_dcgan_init)
             d.init_projection()
+            if hasattr(g, "init_conditioning"):  # conditional BatchNorm starts as the identity (gain 1, bias 0)
+                g.init_conditioning()
         return g, d
     g_body, d = a.build_fn(spec, dropout)
     g = Generator(spec, g_body)

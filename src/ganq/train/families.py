@@ -2,8 +2,10 @@
 discriminator is conditioned, and the extra loss terms of its recipe.
 
     unconditional  z -> image                       (fc4, cnn5, cnn3, dcgan)
-    conditional    z, label -> image                (cgan: label embedding concatenated with z; projection
-                                                     discriminator, Miyato & Koyama 2018)
+    conditional    z, label -> image                (cgan: label embedding concatenated with z; cgan-bn: the label
+                                                     through conditional BatchNorm, a per-class gain and bias after
+                                                     every normalisation, as BigGAN; projection discriminator,
+                                                     Miyato & Koyama 2018)
     style          z, noise0..noiseK -> image       (style: StyleGAN2-like mapping MLP, modulated / demodulated
                                                      convolution, per-layer noise, equalized learning rate, skip
                                                      toRGB outputs; lazy R1 penalty on the real images)
@@ -124,6 +126,52 @@ class CondGenerator(nn.Module):
         return self.up(h.reshape(-1, 128, self.s, self.s))
 
 
+class ConditionalBatchNorm(nn.Module):
+    """BatchNorm without its own affine map, then the label's gain and bias (1 + gamma[y], beta[y]): the conditioning
+    of the projection paper's generator and BigGAN (there from a shared embedding; here one table per layer)."""
+
+    def __init__(self, features: int, classes: int, dims: int):
+        super().__init__()
+        self.bn = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(features, affine=False)
+        self.gamma = nn.Embedding(classes, features)
+        self.beta = nn.Embedding(classes, features)
+        self.shape = (-1, features) if dims == 1 else (-1, features, 1, 1)
+
+    def init_identity(self) -> None:
+        nn.init.zeros_(self.gamma.weight)
+        nn.init.zeros_(self.beta.weight)
+
+    def forward(self, x, label):
+        return self.bn(x) * (1 + self.gamma(label).view(self.shape)) + self.beta(label).view(self.shape)
+
+
+class CondBNGenerator(nn.Module):
+    """(z, label) -> image: cnn3's layers, the label entering through every BatchNorm (ConditionalBatchNorm)
+    rather than once beside z, so no layer can ignore it."""
+
+    def __init__(self, spec: GeneratorSpec, classes: int):
+        super().__init__()
+        c, s = spec.channels, spec.height // 4
+        self.s = s
+        self.fc = nn.Linear(spec.latent_dim, 128 * s * s, bias=False)
+        self.bn0 = ConditionalBatchNorm(128 * s * s, classes, 1)
+        self.up1 = nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False)
+        self.bn1 = ConditionalBatchNorm(64, classes, 2)
+        self.up2 = nn.ConvTranspose2d(64, 32, 4, 2, 1, bias=False)
+        self.bn2 = ConditionalBatchNorm(32, classes, 2)
+        self.out = nn.Conv2d(32, c, 3, 1, 1)
+
+    def init_conditioning(self) -> None:
+        for bn in (self.bn0, self.bn1, self.bn2):
+            bn.init_identity()
+
+    def forward(self, z, label):
+        h = torch.relu(self.bn0(self.fc(z), label)).reshape(-1, 128, self.s, self.s)
+        h = torch.relu(self.bn1(self.up1(h), label))
+        h = torch.relu(self.bn2(self.up2(h), label))
+        return torch.tanh(self.out(h))
+
+
 class ProjectionDiscriminator(nn.Module):
     """cnn3's discriminator trunk; logit = linear(h) + <embed(y), h> (the projection of Miyato & Koyama)."""
 
@@ -150,6 +198,10 @@ class ProjectionDiscriminator(nn.Module):
 
 def _cgan(spec: GeneratorSpec, dropout: float, classes: int = 10, aux: bool = False):
     return CondGenerator(spec, classes or 10), ProjectionDiscriminator(spec, classes or 10, dropout, aux)
+
+
+def _cgan_bn(spec: GeneratorSpec, dropout: float, classes: int = 10, aux: bool = False):
+    return CondBNGenerator(spec, classes or 10), ProjectionDiscriminator(spec, classes or 10, dropout, aux)
 
 
 # --- style-based: style -----------------------------------------------------------------------------------------------

@@ -72,8 +72,8 @@ class TrainConfig:
         if not 0 <= self.dropout < 1:
             raise GanqError(f"--dropout must be in [0, 1), got {self.dropout}")
         check_range("--aux", self.aux, 0.0, 100.0, integer=False)
-        if self.aux and self.arch != "cgan":
-            raise GanqError(f"--aux is a term of the conditional architecture cgan, not {self.arch}")
+        if self.aux and family_of(self.arch).name != "conditional":
+            raise GanqError(f"--aux is a term of the conditional architectures (cgan, cgan-bn), not {self.arch}")
         if self.ema != 0.0 and not 0 < self.ema < 1:
             raise GanqError(f"--ema must be in (0, 1) (or 0 for off), got {self.ema}")
 
