@@ -159,3 +159,23 @@ def test_bad_float_bits_is_one_line():
 
     with pytest.raises(GanqError, match="--float-bits must be 32, 16 or 8"):
         QuantizeOptions(bits=4, float_bits=4)
+
+
+@pytest.mark.parametrize("bits,method", [(4, "minmax"), (3, "mse"), (2, "symmetric"), (8, "minmax")])
+def test_nbits_decoded_once_into_matmul_weights(tiny_onnx, tmp_path, bits, method):
+    """--format nbits decoded once: the session runs MatMul on float32 weights decoded by numpy (no MatMulNBits
+    left, since no session option folds it), with the outputs of onnxruntime's own MatMulNBits kernel (per call)."""
+    from ganq.onnx_io import load_model
+    from ganq.quantize.nbits import decoded_model
+
+    q = tmp_path / "q.onnx"
+    quantize_file(tiny_onnx, q, QuantizeOptions(bits=bits, method=method, granularity="group:16", format="nbits"))
+    coded = load_model(q)
+    assert any(n.op_type == "MatMulNBits" for n in coded.graph.node)
+    once, per = Generator(q), Generator(q, decode="per-call")
+    src = once.session_source("once")
+    assert not any(n.op_type == "MatMulNBits" for n in src.graph.node)
+    assert per.session_source("per-call") == per.source  # per call: the file as it is
+    z = once.latents(17, 3)
+    assert np.abs(once.run(z) - per.run(z)).max() <= 1e-6
+    assert decoded_model(load_model(tiny_onnx)) is None  # nothing to decode: no copy

@@ -13,8 +13,9 @@
 The mobile trade-off is explicit (`weights`): `coded` (the default) keeps the codes in the file (small; packed and
 int decoders then run on every call in the .ort runtime, which has no session-time folding of a packed decoder),
 `decoded` folds every decoder into float32 weights at conversion (onnxruntime's own folding, DequantizeLinear
-included: fp32 size, fp32 speed). An nbits file (`--format nbits`) keeps its MatMulNBits nodes either way: 4-bit
-blocks in the file and onnxruntime's kernel for them.
+included: fp32 size, fp32 speed). An nbits file (`--format nbits`) keeps its MatMulNBits nodes when coded (4-bit
+blocks in the file and onnxruntime's kernel for them); decoded, they become MatMul on float32 weights (decoded by
+quantize.nbits, since onnxruntime's optimiser does not fold MatMulNBits).
 
 The .ort file is loaded back and its outputs compared with the .onnx file's at the same optimisation level; the
 operators a reduced build needs (`--include_ops_by_config`) are written next to it.
@@ -42,10 +43,13 @@ WEIGHTS = ("coded", "decoded")
 
 def decoded(proto, work: Path):
     """proto with every weight decoder folded into float32 initializers (onnxruntime's basic level with
-    DequantizeLinear folding on), its metadata kept; MatMulNBits nodes stay."""
+    DequantizeLinear folding on) and MatMulNBits nodes as MatMul on their decoded weights, its metadata kept."""
     import onnx
 
     from ganq.onnx_io import copy_metadata, session
+    from ganq.quantize.nbits import decoded_model
+
+    proto = decoded_model(proto) or proto
 
     src, dst = work / "coded.onnx", work / "decoded.onnx"
     onnx.save(proto, str(src))

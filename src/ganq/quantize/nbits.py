@@ -147,3 +147,62 @@ def build(edit, node, name: str, a: dict) -> None:
         return [helper.make_node("MatMulNBits", inputs, list(n.output), name=(n.name or n.output[0]) + "_nbits",
                                  domain=DOMAIN, K=a["K"], N=a["N"], bits=a["bits"], block_size=a["block"])]
     edit.swap(node, make)
+
+
+def node_arrays(node, inits: dict) -> dict | None:
+    """The decode() inputs of one MatMulNBits node from the graph's initializers (numpy arrays by name), or None
+    where it is not a form ganq decodes (B, scales or zero points computed in the graph, or a g_idx)."""
+    get = dict(K=attr(node, "K", 0), N=attr(node, "N", 0), bits=attr(node, "bits", 4), block=attr(node, "block_size", 0))
+    ins = list(node.input) + [""] * (6 - len(node.input))
+    if any(ins[i] and ins[i] not in inits for i in (1, 2, 3)) or ins[4] or not (ins[1] and ins[2]):
+        return None
+    b, s = inits[ins[1]], inits[ins[2]]
+    if b.dtype != np.uint8 or get["bits"] not in CONTAINERS or not get["block"]:
+        return None
+    n, nb = get["N"], -(-get["K"] // get["block"])
+    if ins[3]:
+        zp = inits[ins[3]]
+        zp = zp.astype(np.float32) if zp.dtype != np.uint8 else zp
+    else:  # onnxruntime's default zero point: the container's middle
+        zp = np.full(n * nb, 2 ** (get["bits"] - 1), np.float32)
+    return {"B": b.reshape(n, nb, -1), "scales": s.astype(np.float32).reshape(-1), "zero_points": zp.reshape(-1),
+            **get}
+
+
+def decoded_model(model):
+    """A copy of model with every MatMulNBits node that decode() reads as MatMul on its float32 weights (decoded
+    here, once) and an Add of its bias: what a decode-once session runs (onnxruntime's MatMulNBits kernel decodes
+    blocks on every call, and no session option folds it). None if nothing was decoded."""
+    import onnx
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, new_inits, done = [], [], 0
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits" or node.domain != DOMAIN:
+            nodes.append(node)
+            continue
+        used = [x for x in list(node.input)[1:4] if x]
+        a = node_arrays(node, {k: numpy_helper.to_array(inits[k]) for k in used if k in inits})
+        if a is None:
+            nodes.append(node)
+            continue
+        base = node.name or node.output[0]
+        w = numpy_helper.from_array(np.ascontiguousarray(decode(a).T), f"{base}_decoded")
+        new_inits.append(w)
+        bias = node.input[5] if len(node.input) > 5 and node.input[5] else ""
+        mm_out = f"{base}_decoded_mm" if bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], w.name], [mm_out], name=f"{base}_decoded"))
+        if bias:
+            nodes.append(helper.make_node("Add", [mm_out, bias], [node.output[0]], name=f"{base}_decoded_bias"))
+        done += 1
+    if not done:
+        return None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    read = {x for n in nodes for x in n.input} | {o.name for o in out.graph.output}
+    kept = [i for i in out.graph.initializer if i.name in read]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept + new_inits)
+    return out

@@ -94,14 +94,15 @@ class BenchSettings:
 
 
     def modes(self, path: str) -> list[str]:
-        """The decode modes to time for one file: with `both`, a file without DequantizeLinear (fp32, packed: its
-        decoder is constant-folded either way) is timed once."""
+        """The decode modes to time for one file: with `both`, a file without DequantizeLinear or MatMulNBits (fp32,
+        packed: its decoder is constant-folded either way) is timed once."""
         if self.qdq != "both":
             return [self.qdq]
         from ganq.onnx_io import load_model
 
         graph = load_model(path, external_data=False).graph
-        return list(QDQ_MODES) if any(n.op_type == "DequantizeLinear" for n in graph.node) else ["fold"]
+        coded = any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in graph.node)
+        return list(QDQ_MODES) if coded else ["fold"]
 
 
 def busy(m: dict) -> bool:
@@ -140,7 +141,8 @@ def _onnxruntime(job: BenchJob):
 
     gen = Generator(job.model, job.provider, job.threads)  # validates the file and its spec
     t0 = time.perf_counter()
-    sess = session(gen.source, job.provider, job.threads, config=QDQ_MODES[job.qdq])
+    sess = session(gen.session_source("once" if job.qdq == "fold" else "per-call"), job.provider, job.threads,
+                   config=QDQ_MODES[job.qdq])
     load_s = time.perf_counter() - t0
     feed = probe_inputs(gen.spec, job.batch)  # timing does not depend on the images fed: no data set needed
     return ((lambda: list(run_batched(sess, None, gen.spec, feed, job.batch, gen.fixed))),

@@ -30,7 +30,24 @@ class Generator:
         # weight decoders folded when the session is made, or run on every call; integer kernels for a file with
         # quantized activations (onnx_io.DECODE)
         self.decode = default_decode(proto, decode)
-        self.session = session(self.source, provider, threads, decode=self.decode)
+        self.session = session(self.session_source(self.decode), provider, threads, decode=self.decode)
+
+    def session_source(self, decode: str):
+        """What a session with this decode is made from: the file (or its symbolic-batch copy), and for "once" with
+        MatMulNBits nodes (--format nbits) a copy whose MatMulNBits weights are decoded into float32 MatMul weights
+        here, once (quantize.nbits.decoded_model): no session option folds them, and onnxruntime's kernel decodes
+        blocks on every call."""
+        if decode != "once":
+            return self.source
+        from ganq.quantize.nbits import DOMAIN, decoded_model
+
+        proto = self.source if not isinstance(self.source, (str, Path)) else None
+        if proto is None:
+            head = load_model(self.source, external_data=False)
+            if not any(n.op_type == "MatMulNBits" and n.domain == DOMAIN for n in head.graph.node):
+                return self.source
+            proto = load_model(self.source)
+        return decoded_model(proto) or self.source
 
     def latents(self, n: int, seed: int) -> np.ndarray:
         """float32 [n, latent_dim] from a seeded generator: the same seed gives every bit width the same latents."""
