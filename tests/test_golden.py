@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
-from cases import cases, digest  # noqa: E402
+from cases import cases, digest, is_calibrated, isa  # noqa: E402
 
 DIGESTS = json.loads((Path(__file__).parent / "golden" / "digests.json").read_text())
+# the calibrated cases' bytes under this machine's instruction set where they differ from AVX2's (cases.py says why)
+ISA = isa()
+OVERRIDES = Path(__file__).parent / "golden" / f"digests.{ISA}.json"
+HERE = {**DIGESTS, **(json.loads(OVERRIDES.read_text()) if OVERRIDES.is_file() else {})}
 
 
 def test_every_case_has_a_recorded_digest():
@@ -21,8 +25,14 @@ def test_every_case_has_a_recorded_digest():
 
 @pytest.mark.parametrize("model", ["mnist-fc4", "fashion-mnist-cnn3"])
 def test_files_are_byte_identical_to_the_recorded_ones(model):
-    wrong = [cid for cid, m, kw in cases() if m == model and digest(m, kw) != DIGESTS[cid]]
-    assert not wrong, f"{len(wrong)} files changed: {wrong[:8]}"
+    """Every case on AVX2 and AVX-512 machines; elsewhere the round-to-nearest ones (whose bytes no float kernel
+    decides), the calibrated ones being recorded for those two instruction sets only."""
+    known = ISA == "avx2" or OVERRIDES.is_file()
+    todo = [(cid, m, kw) for cid, m, kw in cases() if m == model and (known or not is_calibrated(cid))]
+    wrong = [cid for cid, m, kw in todo if digest(m, kw) != HERE[cid]]
+    assert not wrong, f"{len(wrong)} files changed ({ISA}): {wrong[:8]}"
+    if not known:
+        pytest.skip(f"the calibrated cases have no digests recorded for this CPU ({ISA}); the others matched")
 
 
 def test_a_sweep_written_before_the_shape_change_resumes_with_zero_recomputed_cells(tmp_path):

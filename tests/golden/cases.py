@@ -1,6 +1,12 @@
 """The golden cases: quantize options on two zoo generators whose output files must stay byte-identical across
 refactors (tests/test_golden.py). `python tests/golden/cases.py` rewrites digests.json from the current code: run it
-only when a change of the files is intended, and say so in the commit."""
+only when a change of the files is intended, and say so in the commit.
+
+The calibrated cases (gptq, adaround: a Hessian, Cholesky factors and layer inputs from onnxruntime) round on float32
+sums whose order the CPU's vector width decides (onnxruntime's MLAS and OpenBLAS pick AVX-512 kernels where the CPU
+has them), so their bytes are those of one instruction set: digests.json was recorded with AVX2, and
+digests.<isa>.json holds the cases that differ under another (`python tests/golden/cases.py --isa`, run with the
+code of the commit that recorded digests.json, writes it for this machine's)."""
 
 from __future__ import annotations
 
@@ -69,7 +75,34 @@ def strip_added_fields(m) -> None:
         write_metadata(m, META_QUANT, json.dumps(rec, sort_keys=True))
 
 
-if __name__ == "__main__":
+CALIBRATED_CASES = tuple(CALIBRATED) + ("gptq-recalibrate",)
+
+
+def isa() -> str:
+    """The vector instruction set onnxruntime and OpenBLAS use here: avx512 (F, BW, DQ, VL: what MLAS asks), avx2,
+    or other."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return "other"
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        return "avx512"
+    return "avx2" if {"avx2", "fma"} <= flags else "other"
+
+
+def is_calibrated(cid: str) -> bool:
+    return cid.rsplit("/", 1)[1] in CALIBRATED_CASES
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--isa"]:
+    base = json.loads(Path(__file__).with_name("digests.json").read_text())
+    here = {cid: digest(model, kw) for cid, model, kw in cases() if is_calibrated(cid)}
+    diff = {cid: d for cid, d in here.items() if d != base[cid]}
+    out = Path(__file__).with_name(f"digests.{isa()}.json")
+    out.write_text(json.dumps(diff, indent=1, sort_keys=True) + "\n")
+    print(f"{len(diff)} of {len(here)} calibrated cases differ under {isa()}: {out}", file=sys.stderr)
+elif __name__ == "__main__":
     import time
 
     table = {}
