@@ -73,6 +73,85 @@ def test_batchnorm_folded_into_the_decoder_is_exact_and_leaves_the_file(op, attr
     assert np.abs(a - b).max() <= 1e-5 * max(1.0, float(np.abs(a).max()))
 
 
+def _layer_ops_bn(case: str):
+    """x -> a weight layer -> ops that commute with a per-channel affine map -> BatchNormalization -> y, seeded:
+    gemm-reshape (a Linear projection reshaped into 5 maps of 2x2 before a BatchNorm2d, the PyTorch-GAN DCGAN's
+    first block), matmul-reshape (the same without a bias slot), convt-resize (ConvTranspose, nearest 2x Resize),
+    conv-identity (Conv, Identity, inference Dropout), and conv-flatten (channels merged with pixels: no fold)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits, nodes = [], []
+    if case in ("gemm-reshape", "matmul-reshape"):
+        c_bn, x_shape, y_shape = 5, ["N", 6], ["N", 5, 2, 2]
+        w = rng.standard_normal((20, 6) if case == "gemm-reshape" else (6, 20)).astype(np.float32)
+        if case == "gemm-reshape":
+            inits.append(numpy_helper.from_array(rng.standard_normal(20).astype(np.float32), "c"))
+            nodes.append(helper.make_node("Gemm", ["x", "w", "c"], ["h"], transB=1))
+        else:
+            nodes.append(helper.make_node("MatMul", ["x", "w"], ["h"]))
+        inits.append(numpy_helper.from_array(np.array([-1, 5, 2, 2], np.int64), "shape"))
+        nodes.append(helper.make_node("Reshape", ["h", "shape"], ["t"]))
+    elif case == "convt-resize":
+        c_bn, x_shape, y_shape = 5, ["N", 6, 3, 3], ["N", 5, 6, 6]
+        w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+        inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+        nodes += [helper.make_node("ConvTranspose", ["x", "w"], ["h"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                  helper.make_node("Resize", ["h", "", "scales"], ["t"], mode="nearest")]
+    else:
+        c_bn, x_shape = 5, ["N", 6, 4, 4]
+        w = rng.standard_normal((5, 6, 3, 3)).astype(np.float32)
+        nodes.append(helper.make_node("Conv", ["x", "w"], ["h"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        if case == "conv-identity":
+            y_shape = ["N", 5, 4, 4]
+            nodes += [helper.make_node("Identity", ["h"], ["h2"]), helper.make_node("Dropout", ["h2"], ["t"])]
+        else:
+            c_bn, y_shape = 80, ["N", 80]
+            nodes.append(helper.make_node("Flatten", ["h"], ["t"]))
+    inits.append(numpy_helper.from_array(w, "w"))
+    inits += [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (
+        ("g", 1 + 0.3 * rng.standard_normal(c_bn)), ("b", 0.2 * rng.standard_normal(c_bn)),
+        ("m", 0.5 * rng.standard_normal(c_bn)), ("v", 0.5 + rng.random(c_bn)))]
+    nodes.append(helper.make_node("BatchNormalization", ["t", "g", "b", "m", "v"], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]), x_shape
+
+
+@pytest.mark.parametrize("case", ["gemm-reshape", "matmul-reshape", "convt-resize", "conv-identity"])
+@pytest.mark.parametrize("fmt,method,gran", [("fake", "minmax", "channel"), ("int", "mse", "channel"),
+                                             ("packed", "kmeans", "channel"), ("packed", "mse", "group:16")])
+def test_batchnorm_folds_through_ops_that_commute(case, fmt, method, gran):
+    """A BatchNorm after ops that commute with a per-channel affine map folds into the decoder exactly (1e-5): the
+    Reshape of a projection into maps (weight channel j takes BatchNorm channel j // 4), a Resize, an Identity and
+    an inference Dropout; the BatchNorm and its parameters leave the file."""
+    from ganq.onnx_io import run
+    from ganq.quantize import quantize_model
+
+    m, x_shape = _layer_ops_bn(case)
+    kw = dict(bits=3, method=method, granularity=gran, format=fmt)
+    plain, _ = quantize_model(m, QuantizeOptions(**kw))
+    folded, rep = quantize_model(m, QuantizeOptions(**kw, bn_into_decoder=True))
+    assert rep["bn_into_decoder"] == 1, rep["notes"]
+    assert "BatchNormalization" not in [n.op_type for n in folded.graph.node]
+    assert not {"g", "b", "m", "v"} & {i.name for i in folded.graph.initializer}
+    x = np.random.default_rng(1).standard_normal([4] + x_shape[1:]).astype(np.float32)
+    a, b = run(plain, {"x": x})[0], run(folded, {"x": x})[0]
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, float(np.abs(a).max()))
+
+
+def test_batchnorm_after_channels_merged_with_pixels_is_kept_with_a_note():
+    """Flatten of [N, 5, 4, 4] into 80 BatchNorm channels: each channel a pixel, which no per-channel decoder holds."""
+    from ganq.quantize import quantize_model
+
+    m, _ = _layer_ops_bn("conv-flatten")
+    q, rep = quantize_model(m, QuantizeOptions(bits=4, granularity="channel", format="int", bn_into_decoder=True))
+    assert rep["bn_into_decoder"] == 0
+    assert any("does not keep or split the channel axis" in n for n in rep["notes"]), rep["notes"]
+    assert [n.op_type for n in q.graph.node].count("BatchNormalization") == 1
+
+
 def test_batchnorm_is_kept_with_a_note_where_it_does_not_fold():
     from ganq.quantize import quantize_model
 

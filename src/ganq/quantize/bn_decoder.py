@@ -4,9 +4,12 @@ sqrt(var + eps) and c = beta - a * mean. So the decoder's per-channel scale and 
 multiplied by a, the bias becomes a * b + c, and the BatchNorm and its four parameter tensors leave the file. The
 codes do not change (unlike `--fold-bn`, which folds before quantizing and so quantizes other weights).
 
-Where it applies: per-channel and group solutions (granularity channel or group:G) of ops the op table marks foldable (OpInfo.folds_bn
-and fold_ok), whose output the BatchNormalization alone reads, directly; its channels are the weight's output
-channels; its parameters are initializers. Anything else is left as it is, with one note."""
+Where it applies: per-channel and group solutions (granularity channel or group:G) of ops the op table marks foldable
+(OpInfo.folds_bn and fold_ok), whose output the BatchNormalization alone reads, directly or through ops that commute
+with a per-channel affine map (ops.batchnorm_through: Identity, Dropout, Resize, and shape ops that keep the channel
+axis or split [N, C] into [N, C / R, ...], as a Linear projection reshaped into feature maps before a BatchNorm2d:
+weight channel j then takes BatchNorm channel j // R); its parameters are initializers. Anything else is left as it
+is, with one note."""
 
 from __future__ import annotations
 
@@ -16,14 +19,18 @@ import numpy as np
 from onnx import numpy_helper
 
 from ganq.quantize.decoders import Affine, Codebook, Solution, channel_shape
-from ganq.quantize.ops import OPS, attr, following_batchnorm
+from ganq.quantize.ops import OPS, attr, batchnorm_through
 
 
-def fold_into_decoder(edit, node, t, sol: Solution, notes: list[str]) -> Solution:
+def fold_into_decoder(edit, node, t, sol: Solution, notes: list[str], shapes=None) -> Solution:
     """sol with the following BatchNormalization folded into its decoder, the node's bias and the BatchNorm's
-    removal staged in `edit` (committed with the rest); sol unchanged (and a note) where it does not apply."""
-    bn = following_batchnorm(edit.graph, node)
-    if bn is None or bn.input[0] != node.output[0]:  # read directly, not through shape ops
+    removal staged in `edit` (committed with the rest); sol unchanged (and a note) where it does not apply.
+    shapes: a callable giving tensor -> dims (ops.inferred_shapes), asked only when shape ops lie between."""
+    dims = shapes() if shapes is not None and _any_shape_op(edit.graph, node) else None
+    bn, r = batchnorm_through(edit.graph, node, dims)
+    if bn is None:
+        if r:
+            notes.append(f"{t.name}: the BatchNormalization after it not folded into its decoder ({r})")
         return sol
     info = OPS.get(node.op_type)
 
@@ -42,11 +49,12 @@ def fold_into_decoder(edit, node, t, sol: Solution, notes: list[str]) -> Solutio
         return skip("its parameters are not initializers")
     gamma, beta, mean, var = (numpy_helper.to_array(inits[p]).astype(np.float64) for p in params)
     channels = sol.codes.shape[sol.axis]
-    if gamma.shape != (channels,):
-        return skip(f"it has {gamma.size} channels, the weight {channels}")
+    if gamma.ndim != 1 or gamma.size * r != channels:
+        return skip(f"it has {gamma.size} channels, the weight {channels}" + (f" in blocks of {r}" if r > 1 else ""))
     eps = float(attr(bn, "epsilon", 1e-5))
-    a = gamma / np.sqrt(var + eps)
-    c = beta - a * mean
+    a_bn = gamma / np.sqrt(var + eps)
+    c_bn = beta - a_bn * mean
+    a, c = np.repeat(a_bn, r), np.repeat(c_bn, r)  # per weight channel: channel j takes BatchNorm channel j // r
     # per channel: keepdims along the axis; group:G: the compact row form [C, ng] (levels [C * ng, L])
     shape = (channels, 1) if sol.group else channel_shape(sol.codes.ndim, sol.axis, channels)
     dec = sol.decoder
@@ -66,6 +74,25 @@ def fold_into_decoder(edit, node, t, sol: Solution, notes: list[str]) -> Solutio
         if b.size != channels:
             return skip("its layer's bias is broadcast")
     new_bias = (a * b + c / beta_gemm).astype(np.float32)
-    edit.fold_batchnorm(node, bn, new_bias, params)
+    # an op without a bias slot (MatMul) keeps an Add of the shift where the BatchNorm was, in its layout
+    rank = len((dims or {}).get(bn.input[0]) or [None, None])
+    shift = (c_bn / beta_gemm).reshape((-1,) + (1,) * (rank - 2)).astype(np.float32)
+    edit.fold_batchnorm(node, bn, new_bias, params, shift)
     notes.append(f"{t.name}: BatchNormalization {bn.name or bn.output[0]} folded into its decoder and bias")
     return replace(sol, decoder=dec)
+
+
+def _any_shape_op(graph, node) -> bool:
+    """Whether a shape op lies on the single-reader chain after node (shape inference is asked only then)."""
+    from ganq.quantize.ops import COMMUTING, SHAPE_OPS, consumers
+
+    readers, out = consumers(graph), node.output[0]
+    while True:
+        users = readers.get(out, [])
+        if len(users) != 1:
+            return False
+        if users[0].op_type in SHAPE_OPS:
+            return True
+        if users[0].op_type not in COMMUTING:
+            return False
+        out = users[0].output[0]

@@ -23,7 +23,7 @@ class GraphEdit:
         self.replace: dict[str, np.ndarray] = {}
         self.removed: set[str] = set()
         self.before: dict[int, list] = {}
-        self.folds: list = []  # (node, BatchNormalization, new bias, its parameter names): see fold_batchnorm
+        self.folds: list = []  # (node, BatchNormalization, new bias, its parameter names, shift): fold_batchnorm
         self.swaps: list = []  # (node, make): node replaced by make(node) at commit (quantize.nbits)
         self.initializers = {i.name: i for i in graph.initializer}
 
@@ -69,11 +69,12 @@ class GraphEdit:
 
     # --- the collected changes ---
 
-    def fold_batchnorm(self, node, bn, bias: np.ndarray, params) -> None:
+    def fold_batchnorm(self, node, bn, bias: np.ndarray, params, shift: np.ndarray | None = None) -> None:
         """Stage a BatchNormalization folded into `node` (quantize.bn_decoder): at commit the node takes `bias`
-        (its bias input, or an Add after it when its op has none) and produces the BatchNorm's output; the
-        BatchNorm and its parameters leave the graph."""
-        self.folds.append((node, bn, bias, tuple(params)))
+        as its bias input, and the op that fed the BatchNorm (the node, or the last of the commuting ops between)
+        produces the BatchNorm's output; an op without a bias slot (MatMul) gets the BatchNorm replaced by an Add of
+        `shift` (the shift in the BatchNorm's layout). The BatchNorm and its parameters leave the graph."""
+        self.folds.append((node, bn, bias, tuple(params), bias if shift is None else shift))
 
     def swap(self, node, make) -> None:
         """Stage node's replacement by the nodes make(node) returns, made at commit after the BatchNorm folds (so
@@ -129,22 +130,24 @@ class GraphEdit:
         graph = self.graph
         position = {id(n): i for i, n in enumerate(graph.node)}
         dropped = []
-        for node, bn, bias, params in self.folds:
-            b = self.add_init(f"{node.name or bn.output[0]}_bn_bias", bias)
+        producers = {o: n for n in graph.node for o in n.output}
+        for node, bn, bias, params, shift in self.folds:
             if OPS.get(node.op_type).bias is None:  # MatMul: the BatchNorm node becomes Add(its input, shift)
+                s = self.add_init(f"{node.name or bn.output[0]}_bn_bias", shift)
+                src = bn.input[0]
                 del bn.attribute[:]
                 del bn.input[:]
-                bn.input.extend([node.output[0], b])
+                bn.input.extend([src, s])
                 bn.op_type = "Add"
                 continue
-            set_bias_input(node, b)
-            node.output[0] = bn.output[0]
+            set_bias_input(node, self.add_init(f"{node.name or bn.output[0]}_bn_bias", bias))
+            producers[bn.input[0]].output[0] = bn.output[0]  # the node, or the last commuting op after it
             dropped.append(position[id(bn)])
         for j in sorted(dropped, reverse=True):
             del graph.node[j]
             self.before = {(i - 1 if i > j else i): v for i, v in self.before.items()}
         counts = uses(graph)
-        gone = {p for _, _, _, params in self.folds for p in params if counts.get(p, 0) == 0}
+        gone = {p for _, _, _, params, _ in self.folds for p in params if counts.get(p, 0) == 0}
         kept = [i for i in graph.initializer if i.name not in gone]
         del graph.initializer[:]
         graph.initializer.extend(kept)

@@ -412,6 +412,52 @@ def following_batchnorm(graph, node):
         return None
 
 
+# ops between a weight layer and its BatchNormalization that commute with a per-channel affine map y = a x + c:
+# identities, and Resize (every mode's interpolation weights sum to 1, so it maps a x + c to a Resize(x) + c), keeping
+# the channel axis; shape ops that split [N, C] into [N, C', ...] (each C' channel a block of C / C' weight channels)
+COMMUTING = ("Identity", "Dropout", "Resize", "Upsample")
+
+
+def batchnorm_through(graph, node, shapes: dict | None = None):
+    """(the BatchNormalization that alone reads `node`'s output, directly or through ops that commute with a
+    per-channel affine map (COMMUTING, and shape ops that keep or split the channel axis), the number R of the
+    weight's output channels in each of its channels: weight channel j is BatchNorm channel j // R), or (None, why).
+    shapes: tensor -> dims (ops.inferred_shapes), needed where a shape op lies between."""
+    readers = consumers(graph)
+    out, r = node.output[0], 1
+    outputs = {o.name for o in graph.output}
+    while True:
+        users = readers.get(out, [])
+        if len(users) != 1 or out in outputs:
+            return None, "its output is read by several nodes" if len(users) > 1 else ""
+        (u,) = users
+        if u.input[0] != out:
+            return None, ""
+        if u.op_type == "BatchNormalization":
+            return u, r
+        if u.op_type in COMMUTING:
+            if u.op_type == "Dropout" and len(u.input) > 2 and u.input[2]:
+                return None, "a Dropout with a training_mode input"
+            if u.op_type == "Resize" and attr(u, "coordinate_transformation_mode", b"half_pixel") in (
+                    b"tf_crop_and_resize", "tf_crop_and_resize"):
+                return None, "a Resize with tf_crop_and_resize (its extrapolation value does not commute)"
+        elif u.op_type in SHAPE_OPS:
+            dims_in, dims_out = (shapes or {}).get(out), (shapes or {}).get(u.output[0])
+            if not dims_in or not dims_out or None in dims_in[1:] or None in dims_out[1:] or len(dims_out) < 2:
+                return None, f"the shapes around {u.op_type} {u.name or u.output[0]} are not known"
+            rest_in = int(np.prod(dims_in[2:])) if len(dims_in) > 2 else 1
+            rest_out = int(np.prod(dims_out[2:])) if len(dims_out) > 2 else 1
+            if dims_in[1:] == dims_out[1:] or (rest_in == 1 and rest_out == 1 and dims_in[1] == dims_out[1]):
+                pass  # the channel axis untouched (Identity-like, or [N, C] <-> [N, C, 1, 1])
+            elif rest_in == 1 and dims_in[1] == dims_out[1] * rest_out:
+                r *= rest_out  # [N, C] -> [N, C / R', ...]: each new channel a block of R' old ones
+            else:
+                return None, f"{u.op_type} {u.name or u.output[0]} does not keep or split the channel axis"
+        else:
+            return None, ""
+        out = u.output[0]
+
+
 def set_bias_input(node, name: str) -> None:
     """Make `name` the bias input of a weight node whose op has a bias slot."""
     slot = OPS.get(node.op_type).bias
@@ -432,5 +478,5 @@ def opset(model: onnx.ModelProto) -> int:
 
 __all__ = ["OPS", "OpInfo", "Target", "WEIGHT_OPS", "VALUE_PRESERVING", "SCALING", "FLOAT_BY_DESIGN", "SHAPE_OPS",
            "attr", "count_weights", "weight_params", "inferred_shapes", "fallback_axis",
-           "find_targets", "following_batchnorm", "opset", "set_bias_input", "source_initializer", "uses",
+           "find_targets", "following_batchnorm", "batchnorm_through", "COMMUTING", "opset", "set_bias_input", "source_initializer", "uses",
            "weight_nodes", "consumers"]

@@ -19,7 +19,7 @@ from ganq.quantize.groups import solve_groups
 from ganq.quantize.formats import FORMATS
 from ganq.quantize.methods import SolveContext
 from ganq.quantize.bn_decoder import fold_into_decoder
-from ganq.quantize.ops import OPS, following_batchnorm
+from ganq.quantize.ops import OPS, following_batchnorm, inferred_shapes
 from ganq.quantize.options import QuantizeOptions
 
 
@@ -123,6 +123,12 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
         for i, sol in zip(e2e, refined):
             solved[i] = solved[i][:3] + (sol,) + solved[i][4:]
         seconds["train"] = time.perf_counter() - t0
+    shape_cache: list = []
+
+    def shapes() -> dict:  # tensor -> dims, inferred once, when a BatchNorm fold looks through a shape op
+        if not shape_cache:
+            shape_cache.append(inferred_shapes(model)[1])
+        return shape_cache[0]
     for t, tp, x, sol, method, corrected in solved:
         if sol.split and method.rewrites_input:
             users = [n for n in graph.node if t.name in n.input]
@@ -133,7 +139,7 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
         if options.bn_into_decoder and t.role == "weight":
             users = [n for n in graph.node if t.name in n.input]
             if t.direct and len(users) == 1 and users[0].op_type in OPS:
-                sol = fold_into_decoder(edit, users[0], t, sol, notes)
+                sol = fold_into_decoder(edit, users[0], t, sol, notes, shapes)
         stored = fmt.emit(edit, t.name, sol, v)
         if options.format != "fake":
             edit.removed.add(t.name)
