@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
@@ -41,16 +42,27 @@ def models(tmp_path_factory):
     quantize_file(src, d / "packed3.onnx", QuantizeOptions(bits=3, format="packed"))
     quantize_file(src, d / "w8a8.onnx", QuantizeOptions(bits=8, method="symmetric", format="int", granularity="channel",
                                                         activations=8, calibration=256, keep_float=("last",)))
-    return {"fp32": src, "int4": d / "int4.onnx", "packed3": d / "packed3.onnx", "w8a8": d / "w8a8.onnx"}
+    # packed, decoded once by the page (its page form), and a codebook file that keeps the packed decoder
+    quantize_file(src, d / "packed2-bn.onnx", QuantizeOptions(bits=2, format="packed", granularity="channel",
+                                                              bn_into_decoder=True))
+    quantize_file(src, d / "kmeans3.onnx", QuantizeOptions(bits=3, method="kmeans", format="packed",
+                                                           granularity="channel"))
+    return {"fp32": src, "int4": d / "int4.onnx", "packed3": d / "packed3.onnx", "w8a8": d / "w8a8.onnx",
+            "packed2-bn": d / "packed2-bn.onnx", "kmeans3": d / "kmeans3.onnx"}
 
 
 def test_app_folder_contents(models, tmp_path):
     r = build_app(models["packed3"], tmp_path / "app")
-    assert sorted(r["files"]) == ["app.js", "app.json", "index.html", "model.onnx"]
+    assert sorted(r["files"]) == ["app.js", "app.json", "index.html", "model.onnx", "planes.bin"]
     info = json.loads((tmp_path / "app" / "app.json").read_text())
     assert info["ort"]["module"] == "https://cdn.jsdelivr.net/npm/onnxruntime-web@1.30.0/dist/ort.wasm.min.mjs"
     assert info["quant"]["bits"] == 3 and info["quant"]["format"] == "packed" and info["spec"]["latent_dim"] == 100
-    assert (tmp_path / "app" / "model.onnx").read_bytes() == models["packed3"].read_bytes()
+    # the page form: the bit planes beside a graph without them, no larger than the file in all
+    shipped = sum((tmp_path / "app" / f).stat().st_size for f in ("model.onnx", "planes.bin"))
+    assert info["bytes"] == shipped <= models["packed3"].stat().st_size and info["unpack"]["tensors"]
+    per_call = build_app(models["packed3"], tmp_path / "per-call", decode="per-call")  # the file as it is
+    assert "planes.bin" not in per_call["files"]
+    assert (tmp_path / "per-call" / "model.onnx").read_bytes() == models["packed3"].read_bytes()
     if ORT_WEB.is_dir():
         r = build_app(models["packed3"], tmp_path / "app", ort_web=ORT_WEB)  # an app folder may be rewritten
         assert {f"ort/{f}" for f in ORT_FILES} <= set(r["files"]) and r["ort"]["module"] == "./ort/ort.wasm.min.mjs"
@@ -97,7 +109,42 @@ def _in_browser(folder: Path, payload: dict, tmp_path: Path, shot: Path | None =
         httpd.server_close()
 
 
-@pytest.mark.parametrize("kind", ["fp32", "int4", "packed3", "w8a8"])
+@pytest.mark.parametrize("opts,unpacked", [
+    (dict(bits=3, format="packed"), 4),                                          # per tensor
+    (dict(bits=2, format="packed", granularity="channel", bn_into_decoder=True), 4),  # BatchNorm in the decoders
+    (dict(bits=4, method="symmetric", format="packed", granularity="channel"), 4),    # no offset
+    (dict(bits=3, method="kmeans", format="packed", granularity="channel"), 0),       # codebooks stay packed
+    (dict(bits=3, format="packed", granularity="group:32"), 0),                       # so do groups
+    (dict(bits=3, format="packed", granularity="channel", float_bits=16), 0)])        # and float16 decoders
+def test_the_page_form_of_a_packed_file_computes_the_file(opts, unpacked, tmp_path):
+    """ganq.app.page: DequantizeLinear on uint8 codes that the page unpacks (numpy's mirror of its loop here) from
+    the file's own bit planes: onnxruntime gives the packed file's outputs (1e-5), the planes are the file's bytes,
+    and what cannot take that form keeps its packed decoder with a note."""
+    from ganq.app.page import page_form, unpack
+    from ganq.onnx_io import load_model, session
+
+    src = tmp_path / "q.onnx"
+    quantize_file(resolve_model("zoo:fashion-mnist-cnn3"), src, QuantizeOptions(**opts))
+    m = load_model(src)
+    form = page_form(m)
+    if not unpacked:
+        assert form is None
+        return
+    assert len(form.manifest["tensors"]) == unpacked and not form.notes
+    planes = {i.name: i.raw_data for i in m.graph.initializer if i.name.endswith("_planes")}
+    assert form.planes == b"".join(planes[t["tensor"] + "_planes"] for t in form.manifest["tensors"])
+    assert not [n for n in form.model.graph.node if n.op_type in ("BitShift", "BitwiseAnd", "ReduceSum")]
+    onnx.save(form.model, str(tmp_path / "page.onnx"))
+    (tmp_path / "codes.bin").write_bytes(unpack(form.planes, form.manifest))
+    z = np.random.default_rng(3).standard_normal((6, 100)).astype(np.float32)
+    # ganq's session recipe, as the page's (a plain session would fuse the 4-bit symmetric DequantizeLinear ->
+    # MatMul into MatMulNBits with 8-bit activations: 0.2 off)
+    a = session(src, decode="once").run(None, {"z": z})[0]
+    b = session(tmp_path / "page.onnx", decode="once").run(None, {"z": z})[0]
+    assert np.abs(a - b).max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int4", "packed3", "packed2-bn", "kmeans3", "w8a8"])
 def test_page_matches_python_onnxruntime(models, kind, tmp_path):
     why = _browser_missing()
     if why:
@@ -118,6 +165,7 @@ def test_page_matches_python_onnxruntime(models, kind, tmp_path):
     assert not [m for m in got["logs"] if "error" in m.lower()], got["logs"]
     if kind == "packed3":
         assert (tmp_path / "shot.png").stat().st_size > 10_000
+    assert ("unpack" in json.loads((folder / "app.json").read_text())) == kind.startswith("packed")
 
 
 @pytest.mark.parametrize("family", ["cgan", "esrgan-ps", "stylegan2"])

@@ -3,7 +3,8 @@
     build_app("g3.onnx", "app/", ort_web="web/node_modules/onnxruntime-web")
 
 The folder holds index.html, app.js, model.onnx and app.json (what the page reads: the spec, the file's size and
-quantization, where onnxruntime-web comes from). Serve it with any static server; threads need cross-origin
+quantization, where onnxruntime-web comes from); for a packed file decoded once, model.onnx is its page form and
+planes.bin its bit planes, which the page unpacks once (ganq.app.page). Serve it with any static server; threads need cross-origin
 isolation (COOP: same-origin, COEP: require-corp), without them onnxruntime-web runs on one thread.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ganq.app.page import PLANES, page_form
 from ganq.errors import GanqError
 
 ORT_WEB_VERSION = "1.30.0"  # the version the page loads from the CDN, and web/package.json pins for the tests
@@ -141,7 +143,12 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
     clean_stale(out)  # the temporary folder of an interrupted earlier run (its process gone)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
-        if run_model is proto and not external:
+        form = page_form(run_model) if decode == "once" else None
+        if form is not None:  # a packed file: the page unpacks its bit planes once (ganq.app.page)
+            (tmp / "model.onnx").write_bytes(form.model.SerializeToString())
+            (tmp / PLANES).write_bytes(form.planes)
+            info.update({"unpack": form.manifest, "notes": form.notes})
+        elif run_model is proto and not external:
             shutil.copyfile(model, tmp / "model.onnx")
         else:  # external data inlined, or the batch made symbolic
             (tmp / "model.onnx").write_bytes(run_model.SerializeToString())
@@ -149,7 +156,7 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
         if strip is not None:
             strip.save(tmp / "inputs.png")
             info.update({"samples": "inputs.png", "samples_n": strip.width // spec.inputs_of("image")[0].image_hw[2]})
-        info["bytes"] = (tmp / "model.onnx").stat().st_size
+        info["bytes"] = (tmp / "model.onnx").stat().st_size + (len(form.planes) if form is not None else 0)
         for f in ("index.html", "app.js"):
             shutil.copyfile(STATIC / f, tmp / f)
         if src is not None:

@@ -137,8 +137,28 @@ async function main() {
   ort.env.wasm.wasmPaths = new URL(cfg.ort.wasmPaths, location.href).href;  // relative to the page, not the module
   const isolated = self.crossOriginIsolated === true;
   ort.env.wasm.numThreads = isolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  // a packed file decoded once (ganq.app.page): its bit planes unpacked here into the uint8 codes that the page
+  // form's DequantizeLinear nodes read as external data; the session then folds every decoder once
+  let externalData;
+  if (cfg.unpack) {
+    const planes = new Uint8Array(await (await fetch(cfg.unpack.planes)).arrayBuffer());
+    const codes = new Uint8Array(cfg.unpack.codes_bytes);
+    for (const t of cfg.unpack.tensors) {
+      const out = codes.subarray(t.codes_offset, t.codes_offset + t.n);
+      for (let i = 0; i < t.bits; i++) {
+        const plane = planes.subarray(t.planes_offset + i * t.plane_bytes, t.planes_offset + (i + 1) * t.plane_bytes);
+        for (let j = 0, e = 0; j < plane.length; j++) {
+          const byte = plane[j];
+          if (byte === 0) { e += 8; continue; }
+          for (let b = 7; b >= 0 && e < t.n; b--, e++) out[e] |= ((byte >> b) & 1) << i;  // MSB first
+        }
+      }
+    }
+    externalData = [{ path: cfg.unpack.codes, data: codes }];
+  }
   const session = await ort.InferenceSession.create(cfg.model, {
     executionProviders: ["wasm"],
+    ...(externalData ? { externalData } : {}),
     // as ganq's Python runtime: never swap DequantizeLinear -> MatMul for MatMulNBits with 8-bit activations, and
     // (decode "once", the default) fold the weights' DequantizeLinear into float weights when the session is made;
     // "integer" (a file with quantized activations) keeps the QDQ fusions on: the integer kernels
