@@ -1,6 +1,7 @@
 """Issue 24's speed table: fp32, int 4-bit, packed 3-bit, nbits 4-bit (MatMulNBits, group:32) and int 4-bit group:32,
 each at batch 1 and 64, one thread and two, decoded once (ganq's default) and per call, in one run, in onnxruntime
-(`ganq bench`'s isolated processes: p50 latency, images/s, peak memory). Prints a table, writes JSON.
+(`ganq bench`'s isolated processes: p50 latency, images/s, peak memory), in interleaved rounds (the median of each
+figure over them). Prints a table, writes JSON.
 
     .venv/bin/python benchmarks/small_fast.py zoo:fashion-mnist-cnn3 --out benchmarks/results/small_fast.json
 """
@@ -10,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+
+import numpy as np
 from pathlib import Path
 
 from ganq.onnx_io import load_model, resolve_model
 from ganq.quantize import QuantizeOptions, quantize_file
-from ganq.runtime.bench import QDQ_MODES, BenchJob, machine, run_isolated
+from ganq.runtime.bench import BenchJob, machine, run_isolated
 
 VARIANTS = [  # (label, bits, options)
     ("fp32", 32, None),
@@ -30,7 +33,8 @@ def main():
     ap.add_argument("model", nargs="?", default="zoo:fashion-mnist-cnn3")
     ap.add_argument("--batch", default="1,64")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/small_fast.json")
     a = ap.parse_args()
     batches = [int(b) for b in a.batch.split(",")]
@@ -39,20 +43,31 @@ def main():
     rows = []
     before = machine()
     with tempfile.TemporaryDirectory() as tmp:
+        jobs = []  # (label, bits, decode, BenchJob): every file made first, then timed in interleaved rounds
         for label, bits, opts in VARIANTS:
             path = src
             if opts:
                 path = Path(tmp) / f"{label.replace(':', '').replace(' ', '_')}{bits}.onnx"
                 quantize_file(src, path, QuantizeOptions(bits=bits, bn_into_decoder=True, **opts))
-            has_dq = any(n.op_type == "DequantizeLinear" for n in load_model(path, external_data=False).graph.node)
-            for mode in (("fold", "keep") if has_dq else ("fold",)):
+            graph = load_model(path, external_data=False).graph
+            coded = any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in graph.node)
+            for mode in (("fold", "keep") if coded else ("fold",)):
                 for t in threads:
                     for b in batches:
-                        r = run_isolated(BenchJob(str(path), b, t, 10, a.repeat, "cpu", mode))
-                        rows.append({"variant": label, "bits": bits,
-                                     "decode": "once" if mode == "fold" else "per-call", **r})
-                        print(json.dumps({k: rows[-1][k] for k in ("variant", "decode", "batch", "threads",
-                                                                    "p50_ms", "images_per_s")}), flush=True)
+                        jobs.append((label, bits, "once" if mode == "fold" else "per-call",
+                                     BenchJob(str(path), b, t, 10, a.repeat, "cpu", mode)))
+        # each round times every job once (its own process), so that drift of a shared machine spreads over all of
+        # them; a row keeps the median over the rounds of each figure
+        results = [[] for _ in jobs]
+        for k in range(a.rounds):
+            for i, (label, bits, decode, job) in enumerate(jobs):
+                results[i].append(run_isolated(job))
+            print(f"round {k + 1} of {a.rounds}: done", flush=True)
+        for (label, bits, decode, job), rs in zip(jobs, results):
+            med = {key: float(np.median([r[key] for r in rs])) for key in ("p50_ms", "p95_ms", "mean_ms",
+                                                                          "images_per_s", "peak_rss_mb")}
+            rows.append({"variant": label, "bits": bits, "decode": decode, **rs[0], **med,
+                         "rounds": [{key: r[key] for key in ("p50_ms", "mean_ms")} for r in rs]})
     after = machine()
     # the ratio from the median latency (batch / p50): on a shared 2-core machine the mean carries the outliers
     for r in rows:
