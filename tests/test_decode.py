@@ -258,3 +258,53 @@ def test_nbits_decoded_once_into_matmul_weights(tiny_onnx, tmp_path, bits, metho
     z = once.latents(17, 3)
     assert np.abs(once.run(z) - per.run(z)).max() <= 1e-6
     assert decoded_model(load_model(tiny_onnx)) is None  # nothing to decode: no copy
+
+
+def test_float_bits_per_tensor_through_options_and_the_plan(tiny_onnx, tmp_path):
+    """Per-tensor float widths: one float initializer at 16 (the rest float32), one weight's decoder kept at 32 under
+    --float-bits 16, and a plan file's "floats" giving the same file as the option; recorded in ganq.quant."""
+    import json
+
+    import onnx
+
+    from ganq.onnx_io import load_model, read_quant
+
+    m = load_model(tiny_onnx)
+    kw = dict(bits=4, granularity="channel", format="int")
+    rep = quantize_file(tiny_onnx, tmp_path / "w.onnx", QuantizeOptions(**kw))
+    weight = rep["tensors"][0]["tensor"]
+    other = next(i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+                 and i.name not in {r["tensor"] for r in rep["tensors"]} and len(i.dims) == 1 and i.dims[0] >= 2)
+    r1 = quantize_file(tiny_onnx, tmp_path / "a.onnx", QuantizeOptions(**kw, float_tensor_bits=((other, 16),)))
+    a = onnx.load(str(tmp_path / "a.onnx"))
+    halves = [i.name for i in a.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert halves == [other + "_f16"] and r1["float16"]["tensors"] == 1
+    assert read_quant(a)["float16"]["per_tensor"] == {other: 16}
+    r2 = quantize_file(tiny_onnx, tmp_path / "b.onnx", QuantizeOptions(**kw, float_bits=16,
+                                                                     float_tensor_bits=((weight, 32),)))
+    b = {i.name: i for i in onnx.load(str(tmp_path / "b.onnx")).graph.initializer}
+    mine = [n for n in b if n.startswith(weight + "_") and b[n].data_type in (onnx.TensorProto.FLOAT,
+                                                                               onnx.TensorProto.FLOAT16)]
+    assert mine and all(b[n].data_type == onnx.TensorProto.FLOAT for n in mine)  # its decoder stays float32
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in b.values())       # the rest is float16
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"tensors": {}, "floats": {weight: 32}}))
+    quantize_file(tiny_onnx, tmp_path / "c.onnx", QuantizeOptions(**kw, float_bits=16, plan_file=str(plan)))
+    assert (tmp_path / "c.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert r2["float16"]["rms"] <= 0.04
+
+
+def test_bad_per_tensor_float_bits_are_one_line(tiny_onnx, tmp_path):
+    from ganq.errors import GanqError
+    from ganq.quantize.plan import parse_float_bits
+
+    with pytest.raises(GanqError, match="must be NAME=32, NAME=16 or NAME=8"):
+        parse_float_bits(["x=12"])
+    rep = quantize_file(tiny_onnx, tmp_path / "w.onnx", QuantizeOptions(bits=4, granularity="channel", format="int"))
+    weight = rep["tensors"][0]["tensor"]
+    for pair, msg in (((("nope", 16),), "not a float initializer or a quantized weight"),
+                      (((weight, 8),), "a weight's decoder takes 32 or 16 bits")):
+        with pytest.raises(GanqError, match=msg):
+            quantize_file(tiny_onnx, tmp_path / "x.onnx", QuantizeOptions(bits=4, granularity="channel", format="int",
+                                                                          float_tensor_bits=pair))
+        assert not (tmp_path / "x.onnx").exists()

@@ -45,8 +45,9 @@ def _render_quant(r: dict) -> None:
         out_console.print(f"BatchNorm folded into decoders: {r['bn_into_decoder']}", highlight=False)
     if r.get("float16"):
         f = r["float16"]
-        out_console.print(f"float{r.get('float_bits', 16)}: {f['tensors']} float tensors; outputs moved by {f['rms']:.2g} RMS, at most "
-                          f"{f['max_abs']:.2g}", highlight=False)
+        per = f"; per tensor: {', '.join(f'{k}={v}' for k, v in f['per_tensor'].items())}" if f.get("per_tensor") else ""
+        out_console.print(f"float{r.get('float_bits', 16)}: {f['tensors']} float tensors{per}; outputs moved by "
+                          f"{f['rms']:.2g} RMS, at most {f['max_abs']:.2g}", highlight=False)
     if r.get("activations"):
         a = r["activations"]
         kept = f"; kept float: {', '.join(a['kept_float'])}" if a["kept_float"] else ""
@@ -82,6 +83,9 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                  help="32, 16 or 8: the floats that are not quantized weights (biases, decoders, other "
                       "parameters) as float16; 8: biases and other parameters as int8 per tensor, decoders "
                       "float16")] = 32,
+             float_tensor_bits: Annotated[Optional[list[str]], typer.Option(
+                 help="NAME=32|16|8 for one float initializer, or NAME=32|16 for a quantized weight's decoder; "
+                      "repeatable; a plan file's \"floats\" does the same")] = None,
              bn_into_decoder: Annotated[bool, typer.Option(
                  "--bn-into-decoder", help="Fold a BatchNorm after a per-channel layer into its decoder and bias, "
                  "after quantizing (exact; the codes do not change)")] = False,
@@ -137,7 +141,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     from ganq.onnx_io import resolve_model
     from ganq.quantize import QuantizeOptions, quantize_file
     from ganq.quantize.pipeline import check_output
-    from ganq.quantize.plan import parse_act_bits, parse_tensor_bits
+    from ganq.quantize.plan import parse_act_bits, parse_float_bits, parse_tensor_bits
     from ganq.study.mixed import check_outputs, mixed_request
 
     act_search = None
@@ -159,7 +163,8 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                            bn_into_decoder=bn_into_decoder, float_bits=float_bits, activations=activations,
                            act_calibration=act_calibration, act_percentile=act_percentile,
                            act_symmetric=act_symmetric, keep_float=tuple(keep_float or ()),
-                           act_tensor_bits=parse_act_bits(act_tensor_bits or []))
+                           act_tensor_bits=parse_act_bits(act_tensor_bits or []),
+                           float_tensor_bits=parse_float_bits(float_tensor_bits or []))
     src = resolve_model(model)
     (check_output if mixed is None and act_search is None else check_outputs)(src, out, force)
     if act_search is not None:

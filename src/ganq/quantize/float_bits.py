@@ -9,7 +9,11 @@ has its FID both ways.
 
 `--float-bits 8`: the biases and other parameters (not the decoders) as int8 per tensor with their own float32
 scale, max|x| / 127, behind a DequantizeLinear (folded at load, like the weights' decoders); the decoders' scales,
-offsets and levels as float16 (8 bits there would move whole channels). The same output check applies."""
+offsets and levels as float16 (8 bits there would move whole channels). The same output check applies.
+
+Per tensor (`--float-tensor-bits NAME=B`, or the plan file's "floats": {NAME: B}): NAME a float initializer (a bias,
+a BatchNorm parameter...) at 32, 16 or 8 bits, or a quantized weight, meaning its decoder's parameters, at 32 or 16;
+the others at --float-bits (widths())."""
 
 from __future__ import annotations
 
@@ -23,6 +27,33 @@ FLOAT_BITS_CHOICES = (32, 16, 8)
 INT8_MIN_SIZE = 8   # smaller tensors stay float16: an int8 copy plus its scale would not be smaller
 FLOAT16_TOLERANCE = 0.02   # RMS output difference against 32-bit floats, as a share of the output range's width
 F16_MAX = 65504.0
+
+
+def check_names(model: onnx.ModelProto, overrides, weights: set[str]) -> None:
+    """Each per-tensor float width names a float initializer of the model or one of its quantized weights (before
+    any work: one line otherwise)."""
+    floats = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
+    for name, bits in overrides:
+        if name in weights:
+            if bits == 8:
+                raise GanqError(f"--float-tensor-bits {name}=8: a weight's decoder takes 32 or 16 bits (8 would move "
+                                "whole channels)")
+        elif name not in floats:
+            raise GanqError(f"--float-tensor-bits {name}: not a float initializer or a quantized weight of the model")
+
+
+def widths(model: onnx.ModelProto, default: int, overrides, decoders: set[str], decoders_of: dict[str, set[str]],
+           keep: set[str]) -> dict[str, int]:
+    """Every float32 initializer not in `keep` -> the bits it is stored at: `default` (the decoders' parameters,
+    `decoders`, at 16 where it is 8), then the overrides in order (a weight's name sets its decoder's parameters,
+    decoders_of[weight])."""
+    out = {i.name: (16 if default == 8 and i.name in decoders else default) for i in model.graph.initializer
+           if i.data_type == TensorProto.FLOAT and i.name not in keep}
+    for name, bits in overrides:
+        for target in (decoders_of[name] if name in decoders_of else {name}):
+            if target in out:
+                out[target] = bits
+    return out
 
 
 def to_float16(model: onnx.ModelProto, keep: set[str], int8: set[str] | None = None) -> int:

@@ -48,9 +48,11 @@ class QuantizeOptions:
     act_symmetric: bool = False
     keep_float: tuple = ()         # activation tensors (or first / last) that stay float
     act_tensor_bits: tuple = ()    # ((NAME | first | last, 8 | 16 | 32), ...): per activation tensor (32: float)
+    float_tensor_bits: tuple = ()  # ((NAME, 32 | 16 | 8), ...): per float initializer, or per weight's decoder
     method_config: object = field(default=None, init=False, compare=False, repr=False)
     overrides: dict = field(default=None, init=False, compare=False, repr=False)
     act_overrides: tuple = field(default=(), init=False, compare=False, repr=False)  # the plan file's, then the CLI's
+    float_overrides: tuple = field(default=(), init=False, compare=False, repr=False)  # the same for float bits
 
     def __post_init__(self):
         check_bits(self.bits)
@@ -77,6 +79,12 @@ class QuantizeOptions:
             raise GanqError("activation bits (--act-tensor-bits, or the plan's \"activations\") need --activations 8 "
                             "or 16")
         object.__setattr__(self, "act_overrides", acts)
+        from ganq.quantize.plan import read_plan_floats
+        floats = (read_plan_floats(self.plan_file) if self.plan_file else ()) + tuple(self.float_tensor_bits)
+        if floats and self.activations:
+            raise GanqError("--activations does not combine with per-tensor float bits (quantization scales stay "
+                            "float32)")
+        object.__setattr__(self, "float_overrides", floats)
 
     def _check_activations(self, config) -> None:
         from ganq.quantize.activations import ACTIVATION_BITS, CALIBRATIONS

@@ -60,6 +60,10 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         raise GanqError("model has no quantizable weights (float initializers feeding Conv, ConvTranspose, Gemm or "
                         f"MatMul){hint}")
     check_opset(v, options, todo)
+    if options.float_overrides:
+        from ganq.quantize.float_bits import check_names
+
+        check_names(model, options.float_overrides, {t.target.name for t in todo})
     weights = weight_params(model)
     edit = GraphEdit(model.graph)
     rows, calib, seconds, e2e = solve_and_emit(model, options, todo, v, edit, notes, data_root, progress)
@@ -84,15 +88,21 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions, plan: Plan 
         extra["activations"] = quantize_activations(
             model, options, calibrator(model, options, todo, notes, data_root, what="--activations"))
     f16 = None
-    if options.float_bits != 32:
-        from ganq.quantize.float_bits import check_float16, to_float16
+    if options.float_bits != 32 or options.float_overrides:
+        from ganq.quantize.float_bits import check_float16, to_float16, widths
 
         before = onnx.ModelProto.FromString(model.SerializeToString())
         keep = {r["tensor"] for r in rows} if options.format == "fake" else set()  # x_hat stays on its grid
-        decoders = {i.name for i in edit.inits}   # the weights' decoders: float16 even at --float-bits 8
-        int8 = None if options.float_bits == 16 else \
-            {i.name for i in model.graph.initializer if i.name not in decoders}
-        f16 = {"tensors": to_float16(model, keep, int8), **check_float16(before, model, options.float_bits)}
+        # the weights' decoders (float16 even at --float-bits 8), by weight: GraphEdit names them WEIGHT_...
+        decoder_names = {i.name for i in edit.inits}
+        decoders_of = {r["tensor"]: {d for d in decoder_names if d.startswith(r["tensor"] + "_")} for r in rows}
+        width = widths(model, options.float_bits, options.float_overrides, decoder_names, decoders_of, keep)
+        keep |= {n for n, b in width.items() if b == 32}
+        int8 = {n for n, b in width.items() if b == 8}
+        f16 = {"tensors": to_float16(model, keep, int8 or None),
+               **check_float16(before, model, min(width.values(), default=32))}
+        if options.float_overrides:
+            f16["per_tensor"] = dict(options.float_overrides)
     if f16 is not None:
         # the codes and decoders as stored now (their floats narrowed): what the size report's parts add up
         names = {i.name for i in edit.inits}

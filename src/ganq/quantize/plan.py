@@ -94,6 +94,28 @@ def parse_act_bits(items) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def parse_float_bits(items, what: str = "--float-tensor-bits") -> tuple[tuple[str, int], ...]:
+    """['NAME=BITS', ...] -> ((NAME, BITS), ...): a float initializer, or a quantized weight (meaning its decoder's
+    parameters), stored at 32, 16 or 8 bits (quantize.float_bits)."""
+    out = []
+    for item in items:
+        name, sep, value = str(item).rpartition("=")
+        if not sep or not name or value not in ("32", "16", "8"):
+            raise GanqError(f"{what} must be NAME=32, NAME=16 or NAME=8 (NAME: a float initializer, or a quantized "
+                            f"weight for its decoder), got {item!r}")
+        out.append((name, int(value)))
+    return tuple(out)
+
+
+def read_plan_floats(path: str | Path) -> tuple[tuple[str, int], ...]:
+    """The plan file's optional "floats": {NAME: 32 | 16 | 8} (what --float-tensor-bits gives)."""
+    d = json.loads(Path(path).read_text())  # read_plan_file has checked that it parses
+    floats = d.get("floats", {}) if isinstance(d, dict) else {}
+    if not isinstance(floats, dict):
+        raise GanqError(f"{path}: \"floats\" must be {{NAME: 32 | 16 | 8}}")
+    return parse_float_bits([f"{k}={v}" for k, v in floats.items()], f"{path}: \"floats\"")
+
+
 def read_plan_activations(path: str | Path) -> tuple[tuple[str, int], ...]:
     """The plan file's optional "activations": {NAME: 8 | 16 | 32} (what --act-tensor-bits gives)."""
     d = json.loads(Path(path).read_text())  # read_plan_file has checked that it parses
@@ -105,7 +127,8 @@ def read_plan_activations(path: str | Path) -> tuple[tuple[str, int], ...]:
 
 def read_plan_file(path: str | Path) -> dict[str, dict]:
     """A plan JSON ({"tensors": {NAME: {"bits": B, "method": M, "method_opts": {...}, "granularity": G}}}, and
-    optionally "activations": {NAME: 8 | 16 | 32}, read by read_plan_activations) as per-tensor overrides."""
+    optionally "activations": {NAME: 8 | 16 | 32}, read by read_plan_activations, and "floats": {NAME: 32 | 16 | 8},
+    read by read_plan_floats) as per-tensor overrides."""
     path = Path(path)
     try:
         d = json.loads(path.read_text())
