@@ -81,30 +81,29 @@ def parse_tensor_bits(items) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-def parse_act_bits(items) -> tuple[tuple[str, int], ...]:
-    """--act-tensor-bits ['NAME=BITS', ...] -> ((NAME, BITS), ...): an activation tensor (or first / last) at 8 or
-    16 bits, or 32 (float)."""
+def _name_bits(items, choices: tuple[str, ...], message: str) -> tuple[tuple[str, int], ...]:
+    """['NAME=BITS', ...] -> ((NAME, BITS), ...) with BITS one of choices; `message` ends the one-line error."""
     out = []
     for item in items:
         name, sep, value = str(item).rpartition("=")
-        if not sep or not name or value not in ("8", "16", "32"):
-            raise GanqError(f"--act-tensor-bits must be NAME=8, NAME=16 or NAME=32 (float; NAME: an activation "
-                            f"tensor, or first/last), got {item!r}")
+        if not sep or not name or value not in choices:
+            raise GanqError(f"{message}, got {item!r}")
         out.append((name, int(value)))
     return tuple(out)
+
+
+def parse_act_bits(items) -> tuple[tuple[str, int], ...]:
+    """--act-tensor-bits ['NAME=BITS', ...] -> ((NAME, BITS), ...): an activation tensor (or first / last) at 8 or
+    16 bits, or 32 (float)."""
+    return _name_bits(items, ("8", "16", "32"), "--act-tensor-bits must be NAME=8, NAME=16 or NAME=32 (float; NAME: "
+                                               "an activation tensor, or first/last)")
 
 
 def parse_float_bits(items, what: str = "--float-tensor-bits") -> tuple[tuple[str, int], ...]:
     """['NAME=BITS', ...] -> ((NAME, BITS), ...): a float initializer, or a quantized weight (meaning its decoder's
     parameters), stored at 32, 16 or 8 bits (quantize.float_bits)."""
-    out = []
-    for item in items:
-        name, sep, value = str(item).rpartition("=")
-        if not sep or not name or value not in ("32", "16", "8"):
-            raise GanqError(f"{what} must be NAME=32, NAME=16 or NAME=8 (NAME: a float initializer, or a quantized "
-                            f"weight for its decoder), got {item!r}")
-        out.append((name, int(value)))
-    return tuple(out)
+    return _name_bits(items, ("32", "16", "8"), f"{what} must be NAME=32, NAME=16 or NAME=8 (NAME: a float "
+                                               "initializer, or a quantized weight for its decoder)")
 
 
 def read_plan_floats(path: str | Path) -> tuple[tuple[str, int], ...]:
