@@ -15,9 +15,9 @@ import tempfile
 import numpy as np
 from pathlib import Path
 
-from ganq.onnx_io import load_model, resolve_model
+from ganq.onnx_io import resolve_model
 from ganq.quantize import QuantizeOptions, quantize_file
-from ganq.runtime.bench import BenchJob, machine, run_isolated
+from ganq.runtime.bench import BenchJob, decodes_per_call, machine, run_isolated
 
 VARIANTS = [  # (label, bits, options)
     ("fp32", 32, None),
@@ -49,9 +49,7 @@ def main():
             if opts:
                 path = Path(tmp) / f"{label.replace(':', '').replace(' ', '_')}{bits}.onnx"
                 quantize_file(src, path, QuantizeOptions(bits=bits, bn_into_decoder=True, **opts))
-            graph = load_model(path, external_data=False).graph
-            coded = any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in graph.node)
-            for mode in (("fold", "keep") if coded else ("fold",)):
+            for mode in (("fold", "keep") if decodes_per_call(str(path)) else ("fold",)):
                 for t in threads:
                     for b in batches:
                         jobs.append((label, bits, "once" if mode == "fold" else "per-call",

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ganq.app.page import PLANES, page_form
 from ganq.errors import GanqError
 
 ORT_WEB_VERSION = "1.30.0"  # the version the page loads from the CDN, and web/package.json pins for the tests
@@ -108,6 +107,7 @@ def build_app(model: str | Path, out: str | Path, ort_web: str | Path | None = N
     with quantized activations gets "integer" (onnxruntime-web's QDQ fusions on)."""
     import onnx
 
+    from ganq.app.page import PLANES, page_form
     from ganq.onnx_io import META_QUANT, batch_mode, check_spec, default_decode, load_model, read_metadata, read_spec
 
     model, out = Path(model), Path(out)

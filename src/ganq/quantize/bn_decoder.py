@@ -25,9 +25,8 @@ from ganq.quantize.ops import OPS, attr, batchnorm_through
 def fold_into_decoder(edit, node, t, sol: Solution, notes: list[str], shapes=None) -> Solution:
     """sol with the following BatchNormalization folded into its decoder, the node's bias and the BatchNorm's
     removal staged in `edit` (committed with the rest); sol unchanged (and a note) where it does not apply.
-    shapes: a callable giving tensor -> dims (ops.inferred_shapes), asked only when shape ops lie between."""
-    dims = shapes() if shapes is not None and _any_shape_op(edit.graph, node) else None
-    bn, r = batchnorm_through(edit.graph, node, dims)
+    shapes: a callable giving tensor -> dims (ops.inferred_shapes), asked only where it is needed."""
+    bn, r = batchnorm_through(edit.graph, node, shapes)
     if bn is None:
         if r:
             notes.append(f"{t.name}: the BatchNormalization after it not folded into its decoder ({r})")
@@ -75,24 +74,11 @@ def fold_into_decoder(edit, node, t, sol: Solution, notes: list[str], shapes=Non
             return skip("its layer's bias is broadcast")
     new_bias = (a * b + c / beta_gemm).astype(np.float32)
     # an op without a bias slot (MatMul) keeps an Add of the shift where the BatchNorm was, in its layout
-    rank = len((dims or {}).get(bn.input[0]) or [None, None])
+    rank = 2
+    if info.bias is None and bn.input[0] != node.output[0] and shapes is not None:
+        rank = len(shapes().get(bn.input[0]) or [None, None])
     shift = (c_bn / beta_gemm).reshape((-1,) + (1,) * (rank - 2)).astype(np.float32)
     edit.fold_batchnorm(node, bn, new_bias, params, shift)
     notes.append(f"{t.name}: BatchNormalization {bn.name or bn.output[0]} folded into its decoder and bias")
     return replace(sol, decoder=dec)
 
-
-def _any_shape_op(graph, node) -> bool:
-    """Whether a shape op lies on the single-reader chain after node (shape inference is asked only then)."""
-    from ganq.quantize.ops import COMMUTING, SHAPE_OPS, consumers
-
-    readers, out = consumers(graph), node.output[0]
-    while True:
-        users = readers.get(out, [])
-        if len(users) != 1:
-            return False
-        if users[0].op_type in SHAPE_OPS:
-            return True
-        if users[0].op_type not in COMMUTING:
-            return False
-        out = users[0].output[0]

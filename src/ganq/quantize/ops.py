@@ -418,11 +418,11 @@ def following_batchnorm(graph, node):
 COMMUTING = ("Identity", "Dropout", "Resize", "Upsample")
 
 
-def batchnorm_through(graph, node, shapes: dict | None = None):
+def batchnorm_through(graph, node, shapes=None):
     """(the BatchNormalization that alone reads `node`'s output, directly or through ops that commute with a
     per-channel affine map (COMMUTING, and shape ops that keep or split the channel axis), the number R of the
     weight's output channels in each of its channels: weight channel j is BatchNorm channel j // R), or (None, why).
-    shapes: tensor -> dims (ops.inferred_shapes), needed where a shape op lies between."""
+    shapes: a callable giving tensor -> dims (ops.inferred_shapes), called only where a shape op lies between."""
     readers = consumers(graph)
     out, r = node.output[0], 1
     outputs = {o.name for o in graph.output}
@@ -442,7 +442,8 @@ def batchnorm_through(graph, node, shapes: dict | None = None):
                     b"tf_crop_and_resize", "tf_crop_and_resize"):
                 return None, "a Resize with tf_crop_and_resize (its extrapolation value does not commute)"
         elif u.op_type in SHAPE_OPS:
-            dims_in, dims_out = (shapes or {}).get(out), (shapes or {}).get(u.output[0])
+            dims = shapes() if shapes is not None else {}
+            dims_in, dims_out = dims.get(out), dims.get(u.output[0])
             if not dims_in or not dims_out or None in dims_in[1:] or None in dims_out[1:] or len(dims_out) < 2:
                 return None, f"the shapes around {u.op_type} {u.name or u.output[0]} are not known"
             rest_in = int(np.prod(dims_in[2:])) if len(dims_in) > 2 else 1

@@ -5,6 +5,8 @@ and decoder through the one GraphEdit."""
 
 from __future__ import annotations
 
+import functools
+
 import time
 
 import numpy as np
@@ -123,12 +125,8 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
         for i, sol in zip(e2e, refined):
             solved[i] = solved[i][:3] + (sol,) + solved[i][4:]
         seconds["train"] = time.perf_counter() - t0
-    shape_cache: list = []
-
-    def shapes() -> dict:  # tensor -> dims, inferred once, when a BatchNorm fold looks through a shape op
-        if not shape_cache:
-            shape_cache.append(inferred_shapes(model)[1])
-        return shape_cache[0]
+    # tensor -> dims, inferred once, only when a BatchNorm fold looks through a shape op
+    shapes = functools.cache(lambda: inferred_shapes(model)[1])
     for t, tp, x, sol, method, corrected in solved:
         if sol.split and method.rewrites_input:
             users = [n for n in graph.node if t.name in n.input]

@@ -98,11 +98,16 @@ class BenchSettings:
         packed: its decoder is constant-folded either way) is timed once."""
         if self.qdq != "both":
             return [self.qdq]
-        from ganq.onnx_io import load_model
+        return list(QDQ_MODES) if decodes_per_call(path) else ["fold"]
 
-        graph = load_model(path, external_data=False).graph
-        coded = any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in graph.node)
-        return list(QDQ_MODES) if coded else ["fold"]
+
+def decodes_per_call(path: str) -> bool:
+    """Whether a file's weights can be decoded per call (DequantizeLinear or MatMulNBits nodes): the files that have
+    two decode modes to time."""
+    from ganq.onnx_io import load_model
+
+    graph = load_model(path, external_data=False).graph
+    return any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in graph.node)
 
 
 def busy(m: dict) -> bool:

@@ -30,6 +30,8 @@ class Generator:
         # weight decoders folded when the session is made, or run on every call; integer kernels for a file with
         # quantized activations (onnx_io.DECODE)
         self.decode = default_decode(proto, decode)
+        from ganq.quantize.nbits import DOMAIN
+        self._nbits = any(n.op_type == "MatMulNBits" and n.domain == DOMAIN for n in proto.graph.node)
         self.session = session(self.session_source(self.decode), provider, threads, decode=self.decode)
 
     def session_source(self, decode: str):
@@ -37,16 +39,11 @@ class Generator:
         MatMulNBits nodes (--format nbits) a copy whose MatMulNBits weights are decoded into float32 MatMul weights
         here, once (quantize.nbits.decoded_model): no session option folds them, and onnxruntime's kernel decodes
         blocks on every call."""
-        if decode != "once":
+        if decode != "once" or not self._nbits:
             return self.source
-        from ganq.quantize.nbits import DOMAIN, decoded_model
+        from ganq.quantize.nbits import decoded_model
 
-        proto = self.source if not isinstance(self.source, (str, Path)) else None
-        if proto is None:
-            head = load_model(self.source, external_data=False)
-            if not any(n.op_type == "MatMulNBits" and n.domain == DOMAIN for n in head.graph.node):
-                return self.source
-            proto = load_model(self.source)
+        proto = load_model(self.source) if isinstance(self.source, (str, Path)) else self.source
         return decoded_model(proto) or self.source
 
     def latents(self, n: int, seed: int) -> np.ndarray:
