@@ -153,7 +153,7 @@ def test_per_tensor_and_mixed_plans(tiny_onnx):
 
 @pytest.mark.parametrize("opt,match", [
     ("lam=-1", "lam must be in"), ("steps=0", "steps must be in"), ("lam=1", "lam > 0 needs features"),
-    ("init=kmeans", "codebook decoder"), ("init=nope", "init must be one of"),
+    ("init=kmeans", "codebook decoder"), ("init=nope", "init must be one of"), ("bn=always", "bn must be one of"),
 ])
 def test_bad_options_fail_in_one_line(opt, match):
     with pytest.raises(GanqError, match=match):
@@ -246,3 +246,83 @@ def test_group_granularity_trains_and_keeps_its_groups(tiny_onnx, tmp_path):
         (outs[fmt],) = run(load_model(tmp_path / f"{fmt}.onnx"), feed, [spec.output_name])
         assert rep["distill"]["heldout_best"] < rep["distill"]["heldout_init"]
     assert np.abs(outs["packed"] - outs["fake"]).max() <= 1e-5
+
+
+def _bn_stats(model):
+    return {k: v for k, v in _initializers(model).items() if k.endswith((".mean", ".var"))}
+
+
+@pytest.fixture(scope="module")
+def population_bn(tiny_onnx):
+    """The tiny generator with BatchNorm statistics that are its own population moments (a trained network's are
+    close to them; the fixture's are random, which no re-estimation can approach)."""
+    from onnx import numpy_helper
+
+    from ganq.train.distill import _reestimate_if_lower, _Runner
+
+    m = load_model(tiny_onnx)
+    spec = read_spec(m)
+    new, _ = _reestimate_if_lower(_Runner(m, spec, spec.output_name), spec, {}, 1.0, lambda r: 0.0, 7, None)
+    for i in m.graph.initializer:
+        if i.name in new:
+            i.CopyFrom(numpy_helper.from_array(new[i.name], i.name))
+    return m
+
+
+@pytest.mark.parametrize("case,expect", [
+    (dict(bits=4, steps=20), "kept"),  # the random statistics: re-estimation is far off the teacher
+    (dict(bits=2, steps=10, lr=1e-6, init="minmax", gran="tensor", population=True), "re-estimated"),
+])
+def test_batchnorm_is_re_estimated_only_when_that_lowers_the_heldout_loss(tiny_onnx, population_bn, case, expect):
+    from ganq.train.distill import HOLDOUT_SEED
+
+    case = dict(case)
+    model = population_bn if case.pop("population", False) else load_model(tiny_onnx)
+    got, rep = quantize_model(model, _opts(**case))
+    d = rep["distill"]
+    lower = d["heldout_reestimated"] < d["heldout_kept"]
+    assert d["batchnorm"].startswith(expect) and lower == (expect == "re-estimated")
+    assert d["heldout_kept"] == d["heldout_best"] and d["batchnorm_layers"] == 3
+    before, after = _bn_stats(model), _bn_stats(got)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed == ({c["tensor"] for c in d["batchnorm_changed"]} if lower else set())
+    assert (len(changed) == 6) == lower and ("batchnorm_changed" in d) == lower
+    # the file holds the chosen state: its held-out loss in onnxruntime is the one the choice was made on
+    spec = read_spec(model)
+    hold = sample_inputs(spec, 64, HOLDOUT_SEED, calibration=True)
+    (want,) = run(model, hold, [spec.output_name])
+    (out,) = run(got, hold, [spec.output_name])
+    loss = float(np.mean((out.astype(np.float64) - want) ** 2) / want.var())
+    assert loss == pytest.approx(min(d["heldout_kept"], d["heldout_reestimated"]), rel=1e-3)
+
+
+def test_bn_keep_never_tries_and_lr_zero_trains_nothing(tiny_onnx):
+    model = load_model(tiny_onnx)
+    for opts in (_opts(bits=2, steps=10, bn="keep"), _opts(bits=2, lr=0)):
+        got, rep = quantize_model(model, opts)
+        assert rep["distill"]["batchnorm"] == "kept as trained" and "heldout_reestimated" not in rep["distill"]
+        assert all(np.array_equal(a, b) for a, b in zip(_bn_stats(model).values(), _bn_stats(got).values()))
+
+
+def test_re_estimated_statistics_are_the_population_moments_in_graph_order(tiny_onnx):
+    """Oracle: onnxruntime's pre-BatchNorm activations on the same stream; a doubled bias-free weight before a
+    BatchNorm doubles its mean and quadruples its variance (closed form), and the later layers see the new stats."""
+    from ganq.train.distill import BN_N, BN_SEED, _reestimate_if_lower, _Runner
+
+    model = load_model(tiny_onnx)
+    spec = read_spec(model)
+    runner = _Runner(model, spec, spec.output_name)
+    w = {"fc.weight": runner.net.tensors["fc.weight"].clone()}
+    new, rec = _reestimate_if_lower(runner, spec, w, 1.0, lambda r: 0.0, 0, None)
+    assert rec["batchnorm"].startswith("re-estimated") and set(new) == set(_bn_stats(model))
+    feed = sample_inputs(spec, BN_N, BN_SEED, calibration=True)
+    (h0,) = run(model, feed, ["h0"])
+    np.testing.assert_allclose(new["bn1.mean"], h0.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new["bn1.var"], h0.var(0), rtol=1e-4, atol=1e-5)
+    doubled, _ = _reestimate_if_lower(runner, spec, {"fc.weight": 2 * w["fc.weight"]}, 1.0, lambda r: 0.0, 0, None)
+    np.testing.assert_allclose(doubled["bn1.mean"], 2 * new["bn1.mean"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(doubled["bn1.var"], 4 * new["bn1.var"], rtol=1e-4, atol=1e-4)
+    # after bn1 the doubled network's activations are those of the plain one (BatchNorm is scale-invariant up to eps)
+    np.testing.assert_allclose(doubled["bn2.var"], new["bn2.var"], rtol=1e-3, atol=1e-5)
+    kept, rec = _reestimate_if_lower(runner, spec, w, 0.5, lambda r: 0.7, 0, None)
+    assert kept == {} and rec["batchnorm"].startswith("kept as trained") and rec["heldout_reestimated"] == 0.7

@@ -120,8 +120,16 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
     e2e = [i for i, item in enumerate(solved) if getattr(item[1].method, "end_to_end", False)]
     if e2e:
         t0 = time.perf_counter()
-        refined, e2e_record = end_to_end(model, solved[e2e[0]][1].method, [solved[i] for i in e2e], data_root,
-                                         progress)
+        refined, e2e_record, bn_stats = end_to_end(model, solved[e2e[0]][1].method, [solved[i] for i in e2e],
+                                                   data_root, progress)
+        changed = []
+        for name, new in bn_stats.items():  # BatchNorm the engine re-estimated (only when it lowered its loss)
+            old = numpy_helper.to_array(edit.initializers[name])
+            new32 = np.asarray(new, np.float32).reshape(old.shape)
+            edit.set_init(name, new32)
+            changed.append({"tensor": name, "max_abs_change": float(np.max(np.abs(new32 - old))) if old.size else 0.0})
+        if changed:
+            e2e_record["batchnorm_changed"] = changed
         for i, sol in zip(e2e, refined):
             solved[i] = solved[i][:3] + (sol,) + solved[i][4:]
         seconds["train"] = time.perf_counter() - t0
@@ -147,7 +155,8 @@ def solve_and_emit(model, options: QuantizeOptions, todo, v: int, edit: GraphEdi
 
 def end_to_end(model, method, items, data_root, progress):
     """The refined Solutions of items [(t, tp, x, sol, method, corrected)] from the method's torch engine (named by
-    method.engine, imported only here: the deploy side never imports torch), and its record."""
+    method.engine, imported only here: the deploy side never imports torch), its record, and the BatchNorm
+    statistics it re-estimated ({initializer: array}, empty when it kept them)."""
     import importlib
 
     from ganq.onnx_io import read_spec
@@ -163,7 +172,7 @@ def end_to_end(model, method, items, data_root, progress):
                         "zero_point": d.zero_point, "bits": sol.bits, "group": sol.group, "axis": sol.axis})
     module, _, fn = method.engine.partition(":")
     refine = getattr(importlib.import_module(module), fn)
-    out, rec = refine(model, spec, tensors, method.options(), data_root=data_root, progress=progress)
+    out, rec, bn_stats = refine(model, spec, tensors, method.options(), data_root=data_root, progress=progress)
     sols = []
     for (t, tp, x, sol, m, _), r in zip(items, out):
         d = sol.decoder
@@ -172,7 +181,7 @@ def end_to_end(model, method, items, data_root, progress):
             np.broadcast_to(d.zero_point, scale.shape).astype(d.zero_point.dtype)
         sols.append(Solution(r["codes"].astype(sol.codes.dtype), Affine(scale, offset, zp), sol.bits, sol.axis,
                              info={**(sol.info or {}), "distilled": True}, group=sol.group))
-    return sols, rec
+    return sols, rec, bn_stats
 
 
 def _fit(a: np.ndarray, like: np.ndarray) -> np.ndarray:

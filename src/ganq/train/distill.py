@@ -26,6 +26,8 @@ from ganq.spec import GeneratorSpec
 from ganq.train.onnx_torch import OnnxTorch, Unsupported, check_against_onnxruntime
 
 HOLDOUT_SEED = 0x484F4C44  # the held-out set's calibration stream; training steps use STEP_SEED + step
+BN_SEED = 0x424E5245  # the stream BatchNorm is re-estimated on (neither the held-out set's nor a training step's)
+BN_N = 1024  # inputs the re-estimation averages over (quantize's --calibration default)
 STEP_SEED = 1 << 40
 GRID_LR = 0.1
 TAP_N = 256  # held-out inputs the activation term is measured on
@@ -158,7 +160,8 @@ def refine(model: onnx.ModelProto, spec: GeneratorSpec, tensors: list[dict], cfg
 
     tensors: [{name, codes, scale, offset, zero_point, bits}] (codes shaped like the weight; the grid broadcastable
     to it). cfg: the distill method's options. progress(step, steps, loss, best): called after every step.
-    Returns ([{name, codes, scale, offset}] in the same order, the record)."""
+    Returns ([{name, codes, scale, offset}] in the same order, the record, {BatchNorm statistic initializer: new
+    float32 array}: empty unless re-estimating them lowered the held-out loss, cfg bn=auto)."""
     threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
@@ -214,10 +217,10 @@ def _refine(model, spec, tensors, cfg, data_root, progress):
             loss = loss + act * sum(F.mse_loss(a, b) / v for a, b, v in zip(a_out, a_teacher, var_taps)) / len(a_out)
         return loss
 
-    def heldout() -> float:
+    def heldout(replace=None) -> float:
         """The held-out loss: the same terms as training's, the activations' on the first 256 inputs."""
         with torch.no_grad():
-            replace = {q.name: q() for q in qs}
+            replace = replace or {q.name: q() for q in qs}
             out = _batched(run, hold, spec, replace, 256)
             f = _batched_features(feat, out, 256) if feat is not None else None
             loss = loss_of(out, hold_t, f, hold_ft)
@@ -236,6 +239,7 @@ def _refine(model, spec, tensors, cfg, data_root, progress):
     curve = [{"step": 0, "heldout": best, "seconds": round(time.perf_counter() - t_start, 2)}]
     init_loss, best_step = best, 0
     best_state = [q.result() for q in qs]
+    best_weights = _weights(qs)
     step, stopped = 0, "steps"
     for step in range(1, steps + 1):
         elapsed = time.perf_counter() - t_start
@@ -264,18 +268,68 @@ def _refine(model, spec, tensors, cfg, data_root, progress):
             h = heldout()
             curve.append({"step": step, "heldout": h, "seconds": round(time.perf_counter() - t_start, 2)})
             if h < best:
-                best, best_step, best_state = h, step, [q.result() for q in qs]
+                best, best_step, best_state, best_weights = h, step, [q.result() for q in qs], _weights(qs)
         if progress:
             progress(step, steps, train_loss, best)
     if best_step == 0:  # the init itself: its codes and grid exactly as given
         best_state = [{"codes": t["codes"], "scale": t["scale"], "offset": t["offset"]} for t in tensors]
+    bn_set, bn_record = {}, {"batchnorm": "kept as trained"}
+    if cfg.get("bn", "auto") == "auto" and lr > 0 and step > 0:
+        bn_set, bn_record = _reestimate_if_lower(run, spec, best_weights, best, heldout, int(cfg["seed"]), data_root)
     record = {"init": cfg["init"], "steps_run": step, "stopped_by": stopped, "best_step": best_step,
               "heldout_init": init_loss, "heldout_best": best, "heldout_n": hold_n, "batch": batch,
               "loss": "output MSE / var" + (f" + {lam:g} x feature MSE / var" if feat is not None else "")
               + (f" + {act:g} x mean activation MSE / var ({len(taps)} weight ops)" if taps else ""),
-              "features": cfg.get("features") or None, "batchnorm": "kept as trained",
+              "features": cfg.get("features") or None, **bn_record,
               "rebuild_max_abs_diff": worst, "seconds": round(time.perf_counter() - t_start, 2), "curve": curve}
-    return [{"name": t["name"], **s} for t, s in zip(tensors, best_state)], record
+    return [{"name": t["name"], **s} for t, s in zip(tensors, best_state)], record, bn_set
+
+
+def _weights(qs) -> dict:
+    """The quantized weights of the current state, detached (what the held-out loss of that state ran on)."""
+    with torch.no_grad():
+        return {q.name: q().detach().clone() for q in qs}
+
+
+def _reestimate_if_lower(run, spec, weights, kept, heldout, seed, data_root) -> tuple[dict, dict]:
+    """BatchNorm statistics re-estimated through the distilled network, kept only if they lower the held-out loss.
+
+    Each BatchNormalization whose mean and variance are initializers of its own gets the per-channel mean and
+    population variance of its input over BN_N fresh calibration inputs (their own stream), in graph order, every
+    earlier one already re-estimated (so each sees the inputs the final file gives it). Returns ({initializer:
+    new array} or {} when kept, the record's entries)."""
+    uses: dict[str, int] = {}
+    for _, ins, _, _ in run.net.nodes:
+        for n in ins:
+            uses[n] = uses.get(n, 0) + 1
+    bns = [ins for op, ins, _, _ in run.net.nodes if op == "BatchNormalization" and len(ins) >= 5
+           and all(n in run.net.tensors and uses.get(n) == 1 for n in ins[3:5])]
+    if not bns:
+        return {}, {"batchnorm": "kept as trained (no BatchNormalization with statistics of its own)"}
+    feed = _feeds(spec, BN_N, BN_SEED + seed, data_root)
+    replace, new = dict(weights), {}
+    size = max(256 // run.fixed * run.fixed, run.fixed) if run.fixed else 256
+    with torch.no_grad():
+        for ins in bns:
+            s = s2 = None
+            m = 0
+            for i in range(0, BN_N, size):
+                x = run(slice_feed(spec, feed, i, i + size), replace, [ins[0]])[1].double()
+                x = x.movedim(1, 0).reshape(x.shape[1], -1)
+                s = x.sum(1) if s is None else s + x.sum(1)
+                s2 = (x * x).sum(1) if s2 is None else s2 + (x * x).sum(1)
+                m += x.shape[1]
+            mean = s / m
+            var = torch.clamp(s2 / m - mean * mean, min=0.0)
+            for name, v in zip(ins[3:5], (mean, var)):
+                new[name] = v.float().reshape(run.net.tensors[name].shape)
+            replace.update({n: new[n] for n in ins[3:5]})
+    h = heldout(replace)
+    entry = {"heldout_kept": kept, "heldout_reestimated": h, "batchnorm_layers": len(bns), "batchnorm_n": BN_N}
+    if h < kept:
+        return {n: v.numpy() for n, v in new.items()}, {
+            "batchnorm": "re-estimated (it lowered the held-out loss)", **entry}
+    return {}, {"batchnorm": "kept as trained (re-estimating it did not lower the held-out loss)", **entry}
 
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
