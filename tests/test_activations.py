@@ -344,3 +344,62 @@ def test_calibrated_methods_see_the_quantized_activations(tiny_onnx, tmp_path, m
     assert ops["QuantizeLinear"] == rep["activations"]["tensors"] == len(_pairs(m))
     assert not any(n.output[0].endswith("_act_1") for n in m.graph.node)  # no leftover of the first pairs
     onnx.checker.check_model(m, full_check=True)
+
+
+def test_the_joint_search_chooses_weight_widths_and_activation_widths_in_one_plan(tiny_onnx, tiny_classifier,
+                                                                                  toy_data_root, tmp_path,
+                                                                                  monkeypatch):
+    """Weights over 4/8 bits and activations 8/16, one target. A wrapped evaluate makes out.weight below 8 bits cost
+    40 FID and h9 at 8 bits cost 30: the weight search (half the allowance) must keep out.weight at 8 and narrow the
+    rest to 4, the activation search must widen h9 alone; the one plan file rebuilds the file byte for byte."""
+    import importlib
+    import json
+
+    from ganq.study.act_search import ActSearchOptions, joint_search, weight_target
+    from ganq.study.mixed import MixedOptions
+
+    ev = importlib.import_module("ganq.evaluate.run")
+    real = ev.evaluate
+
+    def costs(model, *a, **k):
+        out = real(model, *a, **k)
+        m = onnx.load(str(model))
+        pairs = _pairs(m)
+        if "h9" in pairs and pairs["h9"][2] == onnx.TensorProto.UINT8:
+            out["fid"] += 30.0
+        record = json.loads(next((p.value for p in m.metadata_props if p.key == "ganq.quant"), "{}"))
+        bits = {t["tensor"]: t["bits"] for t in record.get("tensors", [])}
+        if bits.get("out.weight", 32) < 8:
+            out["fid"] += 40.0
+        return out
+
+    monkeypatch.setattr(ev, "evaluate", costs)
+    search = ActSearchOptions("fid=1.5", proxy_n=100, verify_n=100)
+    assert weight_target(search) == "fid=1.25" and weight_target(ActSearchOptions("precision=0.9")) == "precision=0.95"
+    mixed = MixedOptions(target="fid=1.5", bits_choices=(4, 8), proxy_n=100, verify_n=100)
+    out = tmp_path / "j.onnx"
+    r = joint_search(tiny_onnx, out, _act(calibration=32), search, mixed, dataset="mnist",
+                     features=str(tiny_classifier[0]), data_root=toy_data_root)
+    chosen = {x["tensor"]: x["chosen_bits"] for x in r["weights"]["layers"]}
+    assert chosen["out.weight"] == 8 and set(chosen.values()) == {4, 8}
+    assert r["widened"] == {"h9": 16} and r["verified"] <= 1.5 * r["fp32"]
+    plan = json.loads((tmp_path / "j.onnx.plan.json").read_text())
+    assert plan["activations"] == {"h9": 16} and plan["tensors"]["out.weight"]["bits"] == 8
+    again = tmp_path / "again.onnx"
+    quantize_file(tiny_onnx, again, _act(bits=4, calibration=32, plan_file=str(tmp_path / "j.onnx.plan.json")))
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_the_joint_search_through_the_cli(tiny_onnx, tiny_classifier, toy_data_root, tmp_path):
+    out = tmp_path / "j.onnx"
+    base = [sys.executable, "-m", "ganq", "quantize", str(tiny_onnx), "--out", str(out), "--method", "symmetric",
+            "--format", "int", "--activations", "8", "--calibration", "32"]
+    r = subprocess.run(base + ["--target", "fid=4", "--bits-choices", "4,8", "--proxy-n", "100", "--verify-n", "100",
+                               "--dataset", "mnist", "--features", str(tiny_classifier[0]), "--data-root",
+                               str(toy_data_root)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "weights: widths within fid=2.5" in r.stdout and "verified on 100 + 100 images" in r.stdout
+    assert out.exists() and (tmp_path / "j.onnx.plan.json").exists()
+    bad = subprocess.run(base + ["--target", "fid=1.1", "--budget", "1MiB", "--force"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1

@@ -91,7 +91,8 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
                  "after quantizing (exact; the codes do not change)")] = False,
              activations: Annotated[int, typer.Option(
                  help="8 or 16: quantize the activations too (QDQ pairs, per tensor; needs --format int and a "
-                      "symmetric weight grid); 0: weights only")] = 0,
+                      "symmetric weight grid); 0: weights only. With --target: the activations' widths by the "
+                      "metric, and without --bits the weights' widths over --bits-choices too")] = 0,
              act_calibration: Annotated[str, typer.Option(
                  help="Activation ranges from the calibration latents: minmax, percentile, mse or entropy")] = "minmax",
              act_percentile: Annotated[float, typer.Option(help="(0, 100]: --act-calibration percentile's p")] = 99.99,
@@ -144,13 +145,17 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     from ganq.quantize.plan import parse_act_bits, parse_float_bits, parse_tensor_bits
     from ganq.study.mixed import check_outputs, mixed_request
 
-    act_search = None
-    if activations and (target or budget or avg_bits):  # the activations' widths by a GAN metric, weights as given
+    act_search, joint = None, None
+    if activations and (target or budget or avg_bits):  # the activations' widths by a GAN metric
         from ganq.study.act_search import ActSearchOptions, check_request
 
-        check_request(bits, act_tensor_bits, budget, avg_bits, plan)
+        joint_asked = bits is None and not tensor_bits  # no weight width given: the weights' widths searched too
+        check_request(bits, act_tensor_bits, budget, avg_bits, plan, joint=joint_asked)
         act_search, mixed = ActSearchOptions(target=target, proxy_n=proxy_n, verify_n=verify_n,
                                              max_rounds=max_rounds), None
+        if joint_asked:
+            bits, joint = mixed_request(None, None, None, target, None, None, bits_choices, proxy_n, verify_n,
+                                        max_rounds)
     else:
         bits, mixed = mixed_request(bits, tensor_bits, plan, target, budget, avg_bits, bits_choices, proxy_n,
                                     verify_n, max_rounds)
@@ -168,7 +173,7 @@ def quantize(model: Annotated[str, typer.Argument(help="fp32 generator .onnx (or
     src = resolve_model(model)
     (check_output if mixed is None and act_search is None else check_outputs)(src, out, force)
     if act_search is not None:
-        _act_search(src, out, opts, act_search, dataset, features, data_root, as_json)
+        _act_search(src, out, opts, act_search, dataset, features, data_root, as_json, joint)
         return
     if mixed is not None:
         _mixed(src, out, opts, mixed, dataset, features, data_root, as_json)
@@ -221,21 +226,38 @@ def _mixed(src, out, opts, mixed, dataset, features, data_root, as_json) -> None
     emit(r, as_json, _render_mixed)
 
 
-def _act_search(src, out, opts, search, dataset, features, data_root, as_json) -> None:
+def _act_search(src, out, opts, search, dataset, features, data_root, as_json, joint=None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ganq.onnx_io import load_model
     from ganq.quantize.activations import plan_activations
-    from ganq.study.act_search import activation_search, steps
+    from ganq.study.act_search import activation_search, joint_search, steps
+    from ganq.study.mixed import progress_total
 
     n = len(plan_activations(load_model(src, external_data=False)).tensors)  # an estimate before BatchNorm folds
-    with Progress(TextColumn("activation widths: {task.fields[now]}"), BarColumn(), MofNCompleteColumn(),
+    total = steps(n, search) + (progress_total(src, joint) - len(joint.bits_choices) if joint else 0)
+    with Progress(TextColumn("activation widths: {task.fields[now]}" if joint is None else
+                             "weight and activation widths: {task.fields[now]}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
-        task = bar.add_task("act", total=steps(n, search), now="activations")
-        r = activation_search(src, out, opts, search, dataset=dataset, features=features, data_root=data_root,
-                              progress=lambda what, done=1: bar.update(task, advance=done, now=what))
-    emit(r, as_json, _render_act_search)
+        task = bar.add_task("act", total=total, now="activations" if joint is None else "sensitivity")
+        tick = lambda what, done=1: bar.update(task, advance=done, now=what)  # noqa: E731
+        if joint is None:
+            r = activation_search(src, out, opts, search, dataset=dataset, features=features, data_root=data_root,
+                                  progress=tick)
+        else:
+            r = joint_search(src, out, opts, search, joint, dataset=dataset, features=features, data_root=data_root,
+                             progress=tick)
+    emit(r, as_json, _render_act_search if joint is None else _render_joint)
 
+
+def _render_joint(r: dict) -> None:
+    w = r["weights"]
+    rows = [[x["tensor"], x["op"], f"{x['params']:,}", x["chosen_bits"]] for x in w["layers"]]
+    out_console.print(table(f"weights: widths within {r['weight_target']} (half the target's allowance; "
+                             f"activations float), {w['avg_bits']:.2f} bits a weight on average, verified "
+                             f"{w['metric']} {w['verified'][w['metric']]:.2f}",
+                             ["tensor", "op", "params", "bits"], rows))
+    _render_act_search(r["activations"])
 
 def _render_act_search(r: dict) -> None:
     rows = [[x["tensor"], f"{x['proxy']:.2f}", f"{x['loss']:.2f}", "float" if x["chosen"] == 32 else x["chosen"]]

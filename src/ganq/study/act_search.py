@@ -11,7 +11,12 @@ as the pre-Tanh output, whose 8-bit grid costs most of the quality).
        16 -> float), up to --max-rounds.
 
 The widths are written beside the file as OUT.plan.json ({"tensors": {}, "activations": {NAME: 16 | 32}}), which
-`--plan` reuses."""
+`--plan` reuses.
+
+Without --bits (`--activations 8 --target fid=1.10 --bits-choices 4,6,8`) the weights' widths are chosen too
+(joint_search): the weight search (ganq.study.mixed, activations float) gets WEIGHT_SHARE of the target's allowance
+above fp32, then this search, on the weights it chose, widens activations within the whole target. One plan file
+holds both ({"tensors": {weight: bits}, "activations": {...}})."""
 
 from __future__ import annotations
 
@@ -43,16 +48,22 @@ class ActSearchOptions:
         object.__setattr__(self, "ratio", ratio)
 
 
-def check_request(bits, act_tensor_bits, budget, avg_bits, plan) -> None:
-    """What --activations with --target does not take, as one line before any work."""
+WEIGHT_SHARE = 0.5  # of the target's allowance above fp32, what the weights' widths may spend in a joint search
+
+
+def check_request(bits, act_tensor_bits, budget, avg_bits, plan, joint: bool = False) -> None:
+    """What --activations with --target does not take, as one line before any work (joint: the weights' widths are
+    searched too, so --bits is not needed)."""
     if budget is not None or avg_bits is not None:
         raise GanqError("--activations with mixed precision takes --target only (the activations' widths change "
                         "quality, hardly the file's size); give --bits for the weights")
     if plan is not None or act_tensor_bits:
         raise GanqError("--activations --target chooses the activations' widths itself: drop --plan and "
                         "--act-tensor-bits")
-    if bits is None:
+    if bits is None and not joint:
         raise GanqError("--activations --target needs --bits for the weights")
+    if bits is not None and joint:
+        raise GanqError("--bits fixes the weights' width: drop it for a joint search over --bits-choices")
 
 
 def steps(n_tensors: int, search: ActSearchOptions) -> int:
@@ -151,4 +162,52 @@ def activation_search(src, out, options, search: ActSearchOptions, dataset=None,
             "bytes_file": last["bytes_file"], "widened": acts}
 
 
-__all__ = ["ActSearchOptions", "activation_search", "check_request", "steps"]
+def weight_target(search: ActSearchOptions) -> str:
+    """The weight search's target in a joint search: WEIGHT_SHARE of the allowance (FID 1.10 -> 1.05; precision
+    0.90 -> 0.95)."""
+    from ganq.evaluate.catalogue import metric
+
+    up = not metric(search.metric).higher_is_better
+    r = 1.0 + WEIGHT_SHARE * (search.ratio - 1.0) if up else 1.0 - WEIGHT_SHARE * (1.0 - search.ratio)
+    return f"{search.metric}={r:.6g}"
+
+
+def joint_search(src, out, options, search: ActSearchOptions, mixed, dataset=None, features=None, data_root=None,
+                 progress=None, cache=None, threads=None) -> dict:
+    """Quantize src into out with the weights' widths (over mixed.bits_choices) and the activations' widths chosen
+    for search.target: the weights within WEIGHT_SHARE of its allowance, activations float; then the activations on
+    those weights within the whole target (see the module's doc). Returns {"weights": the weight search's report,
+    "activations": this search's, ...}."""
+    from ganq._io import atomic_path
+    from ganq.study.mixed import mixed_quantize
+
+    with tempfile.TemporaryDirectory(prefix="ganq-joint-") as tmp:
+        tmp = Path(tmp)
+        wfile, jfile = tmp / "weights.onnx", tmp / "joint.onnx"
+        wopts = replace(options, activations=0, keep_float=(), act_calibration="minmax", act_symmetric=False,
+                        act_tensor_bits=())
+        try:
+            wrep = mixed_quantize(src, wfile, wopts, replace(mixed, target=weight_target(search)), dataset=dataset,
+                                  features=features, data_root=data_root, progress=progress, cache=cache,
+                                  compare_uniform=False, threads=threads)
+        except OutOfReach as e:
+            raise OutOfReach(f"the weights alone: {e}") from None
+        aopts = replace(options, bits=mixed.bits_choices[0], plan_file=str(plan_path(wfile)))
+        arep = activation_search(src, jfile, aopts, search, dataset=dataset, features=features, data_root=data_root,
+                                 progress=progress, cache=cache, threads=threads)
+        plan = json.loads(plan_path(wfile).read_text())
+        plan["activations"] = json.loads(plan_path(jfile).read_text())["activations"]
+        plan_file = plan_path(out)
+        with atomic_path(plan_file) as pdst, atomic_path(out) as dst:
+            pdst.write_text(json.dumps(plan, indent=1) + "\n")
+            dst.write_bytes(jfile.read_bytes())
+    for r in (wrep, arep):
+        r.update(out=str(out), plan_file=str(plan_file))
+    return {"out": str(out), "plan_file": str(plan_file), "source": str(src), "metric": search.metric,
+            "target": search.target, "weight_target": weight_target(search), "weight_share": WEIGHT_SHARE,
+            "weights": wrep, "activations": arep, "verified": arep["verified"], "fp32": arep["fp32"],
+            "bytes_file": arep["bytes_file"], "avg_bits": wrep["avg_bits"], "widened": arep["widened"]}
+
+
+__all__ = ["ActSearchOptions", "activation_search", "check_request", "joint_search", "steps", "weight_target",
+           "WEIGHT_SHARE"]
