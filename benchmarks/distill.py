@@ -72,6 +72,9 @@ def main():
             if "distill" in rep:
                 row.update({k: rep["distill"][k] for k in ("steps_run", "best_step", "heldout_init",
                                                            "heldout_best")})
+                # bn=auto's choice: re-estimated or kept, with both held-out losses
+                row.update({k: rep["distill"][k] for k in ("batchnorm", "heldout_kept", "heldout_reestimated")
+                            if k in rep["distill"]})
         rows.append(row)
         save()
         print(json.dumps(row), flush=True)

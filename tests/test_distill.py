@@ -219,6 +219,9 @@ def test_mixed_precision_with_distill(tiny_onnx, tiny_classifier, toy_data_root,
     r = mixed_quantize(tiny_onnx, tmp_path / "m.onnx", opts, mixed, dataset="mnist",
                        features=str(tiny_classifier[0]), data_root=toy_data_root, compare_uniform=False)
     assert r["verified"]["fid"] <= 1.5 * r["fp32"]["fid"] and r["rounds"][-1]["meets"]
+    # the metrics reported are the written file's, also after narrowing
+    assert (r["verified"]["fid"], r["bytes_file"]) == (r["rounds"][-1]["fid"], r["rounds"][-1]["bytes_file"])
+    assert r["bytes_file"] == (tmp_path / "m.onnx").stat().st_size
     from ganq.onnx_io import META_QUANT, read_metadata
     import json
     meta = json.loads(read_metadata(onnx.load(str(tmp_path / "m.onnx")))[META_QUANT])

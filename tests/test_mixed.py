@@ -99,6 +99,7 @@ def test_mixed_on_the_tiny_generator(tiny_onnx, tiny_classifier, toy_data_root, 
     # a target: verified against the full metric, and met
     r3 = _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, target="fid=1.5")
     assert r3["verified"]["fid"] <= 1.5 * r3["fp32"]["fid"] and r3["rounds"][-1]["meets"]
+    assert (r3["verified"]["fid"], r3["bytes_file"]) == (r3["rounds"][-1]["fid"], r3["rounds"][-1]["bytes_file"])
     assert np.all([u["bits"] in (2, 4, 8) for u in r3["uniform"]])
     # a target out of reach (every quantized tensor costs 50 FID here): one line with the best reachable, nothing
     # written
@@ -117,6 +118,42 @@ def test_mixed_on_the_tiny_generator(tiny_onnx, tiny_classifier, toy_data_root, 
     with pytest.raises(GanqError, match="out of reach .* the best reachable is about fid=") as e:
         _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path / "far", target="fid=1.1")
     assert "\n" not in str(e.value) and not list((tmp_path / "far").iterdir())
+
+
+def test_a_smaller_uniform_plan_that_meets_is_the_one_written(tiny_onnx, tiny_classifier, toy_data_root, tmp_path,
+                                                               monkeypatch):
+    """The per-layer proxy says every narrow width is costly (so the allocation keeps every layer at 8 bits), the
+    verification says every file meets: uniform 2 bits then meets with fewer bytes than the verified mixed plan, and
+    it is what the search writes, with its own verified metrics (not the mixed plan's)."""
+    import importlib
+
+    import onnx
+
+    from ganq.onnx_io import META_QUANT, read_metadata
+
+    ev = importlib.import_module("ganq.evaluate.run")
+    real_evaluate = ev.evaluate
+
+    def proxy_fooled(model, dataset, features, opts, *a, **k):
+        out = real_evaluate(model, dataset, features, opts, *a, **k)
+        bits = {t["bits"] for t in (out["quantization"] or {}).get("tensors", [])}
+        if opts.n == 100:  # the proxy
+            out["fid"] += 50.0 if bits - {8, 32} else 0.0
+        else:  # the verification: every file at fp32's FID, except a recognisable mark per width
+            out["fid"] = 10.0 + 0.01 * min(bits or {32}) / 32
+        return out
+
+    monkeypatch.setattr(ev, "evaluate", proxy_fooled)
+    r = _run(tiny_onnx, tiny_classifier, toy_data_root, tmp_path, target="fid=1.10", verify_n=120)
+    assert r["rounds"][0]["bits"] == {x["tensor"]: 8 for x in r["layers"]}  # the allocation's plan, verified
+    assert r["uniform"][0]["bits"] == 2 and r["uniform"][0]["meets"] and len(r["uniform"]) == 1
+    assert r["rounds"][-1]["uniform"] and {x["chosen_bits"] for x in r["layers"]} == {2}
+    assert r["bytes_file"] == r["uniform"][0]["bytes_file"] < r["rounds"][0]["bytes_file"]
+    assert r["bytes_file"] == (tmp_path / "m.onnx").stat().st_size
+    assert r["verified"]["fid"] == pytest.approx(10.0 + 0.01 * 2 / 32)
+    meta = json.loads(read_metadata(onnx.load(str(tmp_path / "m.onnx")))[META_QUANT])
+    assert {t["bits"] for t in meta["tensors"]} == {2}
+    assert {t["bits"] for t in json.loads((tmp_path / "m.onnx.plan.json").read_text())["tensors"].values()} == {2}
 
 
 def test_cli_bad_mixed_input_is_one_line(tiny_onnx, tmp_path):

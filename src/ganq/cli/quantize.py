@@ -283,9 +283,12 @@ def _render_mixed(r: dict) -> None:
                              ["tensor", "op", "params"] + [f"{b} bits" for b in widths] + ["chosen", "bytes"],
                              rows))
     f = r["fp32"]
+    one = {x["chosen_bits"] for x in r["layers"]}
+    written = (f"mixed ({r['avg_bits']:.2f} bits avg)" if len(one) > 1
+               else f"written: uniform {one.pop()}-bit (no mixed plan verified smaller)")
     urows = [["fp32 (weights)", size(4 * sum(x["params"] for x in r["layers"])), f"{f['fid']:.2f}",
               f"{f['precision']:.3f}", f"{f['recall']:.3f}", "-"],
-             [f"mixed ({r['avg_bits']:.2f} bits avg)", size(r["bytes_file"]), f"{r['verified']['fid']:.2f}",
+             [written, size(r["bytes_file"]), f"{r['verified']['fid']:.2f}",
               f"{r['verified']['precision']:.3f}", f"{r['verified']['recall']:.3f}", "yes"]]
     urows += [[f"uniform {u['bits']}-bit", size(u["bytes_file"]), f"{u['fid']:.2f}",
                f"{u['precision']:.3f}", f"{u['recall']:.3f}", "yes" if u["meets"] else "no"] for u in r["uniform"]]

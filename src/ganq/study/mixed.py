@@ -283,10 +283,32 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
                 break
             _, i = max(cand)
             choice[i] = mixed.bits_choices[mixed.bits_choices.index(choice[i]) + 1]
+        uniform = []
+
+        def uniform_plan(b):
+            urep, uev = run({r["tensor"]: b for r in table}, full, f"u{b}")
+            uniform.append({"bits": b, "bytes_file": urep["bytes_file"],
+                            **{k: uev[k] for k in ("fid", "precision", "recall", "inception_score")},
+                            "meets": (mixed.target is None or _meets(name, uev[name], full_fp32[name], mixed.ratio))})
+            tick("uniform")
+            return urep, uev
+
+        if mixed.target is not None and rounds[-1]["meets"]:
+            # uniform plans, from the narrowest width up to the first that meets: when that one is smaller than the
+            # verified mixed file, it is the smallest file found and the one written (and narrowed from, below)
+            for b in mixed.bits_choices if compare_uniform else ():
+                urep, uev = uniform_plan(b)
+                if uniform[-1]["meets"]:
+                    if urep["bytes_file"] < rep["bytes_file"]:
+                        choice, bits, rep, ev = [b] * len(table), {r["tensor"]: b for r in table}, urep, uev
+                        shutil.copyfile(tmp / f"u{b}.onnx", tmp / "mixed.onnx")
+                        rounds.append({"bits": dict(bits), name: ev[name], "bytes_file": rep["bytes_file"],
+                                       "meets": True, "uniform": True})
+                    break
         if e2e and mixed.target is not None and rounds[-1]["meets"]:
             # the distilled file beats its init's prediction: narrow the layer that loses least by it, while the
             # verified file still meets the target
-            kept = (dict(bits), rep)
+            kept = (dict(bits), rep, ev)
             for _ in range(mixed.max_rounds):
                 cand = [(r["by_bits"][mixed.bits_choices[mixed.bits_choices.index(b) - 1]]["loss"]
                          - r["by_bits"][b]["loss"], i) for i, (r, b) in enumerate(zip(table, choice))
@@ -304,9 +326,9 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
                                "narrowed": True})
                 if not ok:
                     break
-                choice, kept = trial, (tbits, trep)
+                choice, kept = trial, (tbits, trep, tev)
                 shutil.copyfile(tmp / "narrow.onnx", tmp / "mixed.onnx")
-            bits, rep = kept
+            bits, rep, ev = kept
             rounds.append(dict(next(r for r in reversed(rounds) if r["meets"]), kept=True))
         if not rounds[-1]["meets"]:
             got = rounds[-1]
@@ -318,18 +340,11 @@ def mixed_quantize(src, out, options, mixed: MixedOptions, dataset=None, feature
                                 "--max-rounds")
             raise GanqError(f"the plan's file is {got['bytes_file']:,} bytes, over the budget "
                             f"{mixed.budget_bytes:,}; give a larger budget")
-        final = rep  # the last verified file, tmp/mixed.onnx
-        # uniform plans to compare with: from the narrowest width up to the first that meets the target
-        uniform = []
-        for b in mixed.bits_choices if compare_uniform else ():
-            urep, uev = run({r["tensor"]: b for r in table}, full, f"u{b}")
-            uniform.append({"bits": b, "bytes_file": urep["bytes_file"],
-                            **{k: uev[k] for k in ("fid", "precision", "recall", "inception_score")},
-                            "meets": (mixed.target is None or _meets(name, uev[name], full_fp32[name], mixed.ratio))})
-            tick("uniform")
-            if mixed.target is not None and uniform[-1]["meets"]:
-                break
-            if mixed.target is None and urep["bytes_file"] > rounds[-1]["bytes_file"]:
+        final = rep  # the chosen verified file, tmp/mixed.onnx
+        # under a budget, the uniform plans to compare with: from the narrowest width up to the first larger file
+        for b in mixed.bits_choices if compare_uniform and mixed.target is None else ():
+            urep, _ = uniform_plan(b)
+            if urep["bytes_file"] > rounds[-1]["bytes_file"]:
                 break
         from ganq._io import atomic_path
 
