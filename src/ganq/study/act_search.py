@@ -189,7 +189,7 @@ def joint_search(src, out, options, search: ActSearchOptions, mixed, dataset=Non
         try:
             wrep = mixed_quantize(src, wfile, wopts, replace(mixed, target=weight_target(search)), dataset=dataset,
                                   features=features, data_root=data_root, progress=progress, cache=cache,
-                                  compare_uniform=False, threads=threads)
+                                  threads=threads)
         except OutOfReach as e:
             raise OutOfReach(f"the weights alone: {e}") from None
         aopts = replace(options, bits=mixed.bits_choices[0], plan_file=str(plan_path(wfile)))
