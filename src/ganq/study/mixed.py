@@ -9,7 +9,9 @@
    the fewest bytes whose predicted loss stays within the target's allowance (or the least loss within --budget
    bytes / --avg-bits);
 3. verification with the full metric (`verify_n` + `verify_n`); a plan that misses the target gets its most
-   sensitive layer one width wider and is verified again, at most `max_rounds` times.
+   sensitive layer one width wider and is verified again, at most `max_rounds` times;
+4. with a target, the uniform plans from the narrowest width up to the first that meets it: when that one is smaller
+   than the verified plan, it is the file written (an end-to-end method then narrows from it).
 
 Cost: (layers x widths) proxy evaluations + 1 fp32 and up to 1 + max_rounds full ones, + the uniform plans the
 result is compared with (from the narrowest width up to the first that meets the target).
