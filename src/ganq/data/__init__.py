@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from ganq.data.cifar import read_batch, read_classes
+from ganq.data.cifar import CLASSES as _CIFAR, read_batch, read_classes
 from ganq.data.folder import read_image_folder
 from ganq.data.idx import read_idx
 from ganq.errors import GanqError
@@ -196,10 +196,11 @@ register(Entry("fashion-mnist", "Fashion-MNIST clothes, 60k train + 10k test", (
 register(Entry("cifar10", "CIFAR-10 (python batches), 50k train + 10k test", (3, 32, 32),
                _cifar_locate, _cifar_load,
                "extract cifar-10-python.tar.gz into <root>/ (giving cifar-10-batches-py/) or run with --download",
-               "CIFAR10"))
+               "CIFAR10", _CIFAR))
 register(Entry("cifar10-jpeg", "CIFAR-10 as JPEG (quality ~75, lossy: not comparable with CIFAR-10 numbers)",
                (3, 32, 32), _jpeg_locate, _jpeg_load,
-               "put cifar10-jpeg.zip (train/<class>/*.jpg, test/<class>/*.jpg) or its unzipped folder in <root>/"))
+               "put cifar10-jpeg.zip (train/<class>/*.jpg, test/<class>/*.jpg) or its unzipped folder in <root>/",
+               classes=_CIFAR))
 
 
 def names() -> list[str]:

@@ -37,6 +37,10 @@ def load_pickle(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # batches.meta's
+# order; the JPEG copy's train/<class>/ folders sort to it too
+
+
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch file -> (uint8 [N, 32, 32, 3], int64 [N])."""
     d = load_pickle(path)
@@ -55,4 +59,4 @@ def read_classes(folder: Path) -> list[str]:
         names = load_pickle(meta).get("label_names")
         if isinstance(names, list):
             return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return list(CLASSES)
