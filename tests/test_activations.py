@@ -63,9 +63,9 @@ def test_the_qdq_graph_is_valid_and_onnxruntime_fuses_it_into_integer_kernels(ti
     # the Conv and the MatMul (+ its folded BatchNorm's shift) run in integer; onnxruntime's CPU provider has no
     # integer ConvTranspose, so those stay float between their DequantizeLinear and QuantizeLinear
     assert fused["QLinearConv"] == 1 and fused["QGemm"] + fused["QLinearMatMul"] == 1, fused
-    # the weights are signed codes with zero point 0: the same weights as the unsigned symmetric file
+    # 8-bit weights stay uint8 codes with one zero point 128 (int8 weights saturate on CPUs without VNNI)
     w = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    assert w["out.weight_q"].dtype == np.int8 and not np.any(w["out.weight_zp"])
+    assert w["out.weight_q"].dtype == np.uint8 and np.all(w["out.weight_zp"] == 128)
 
 
 def test_minmax_scale_and_zero_point_are_the_closed_form_of_the_captured_tensor(tiny_onnx, tmp_path):

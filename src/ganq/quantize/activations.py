@@ -23,8 +23,9 @@ all values of the first calibration samples up to that count (latents are iid); 
 
 Weights: integer kernels want per-channel weights with one zero point (onnxruntime's QLinearConv: "zero point of
 per-channel filter must be same"), so every weight decoder must be symmetric (offset 0, one zero point: `--method
-symmetric`, or gptq / adaround with grid=symmetric); its unsigned codes become signed ones with zero point 0 (the
-same weights, exactly).
+symmetric`, or gptq / adaround with grid=symmetric). 8-bit weights keep their uint8 codes and one zero point 128
+(int8 weights saturate in onnxruntime's x86 kernels on CPUs without VNNI: see integer_weights); other widths become
+signed codes with zero point 0 (the same weights, exactly).
 """
 
 from __future__ import annotations
@@ -220,9 +221,13 @@ def calibrate_activations(calib, tensors: tuple[str, ...], method: str, bits: di
 
 # --- the graph ---
 
-def signed_weights(model) -> int:
-    """Every weight DequantizeLinear's unsigned codes with one zero point 2^(k-1) -> signed codes, zero point 0 of
-    the scale's shape (the same weights, exactly). A weight decoder that is not symmetric is one GanqError."""
+def integer_weights(model) -> int:
+    """Checks that every weight DequantizeLinear is symmetric (one zero point, no offset: one GanqError if not) and
+    readies its codes for integer kernels; returns how many. 8-bit codes stay uint8 with their one zero point
+    2^(k-1): onnxruntime's x86 kernels for int8 weights (U8S8, S8S8) sum pairs of products in int16 and saturate on
+    CPUs without VNNI (AVX2, AVX-512 before VNNI), measured on such a CPU as a mean error 30x that of uint8 weights
+    (U8U8, S8U8), which every CPU computes exactly. Other widths become signed codes with zero point 0 of the
+    scale's shape (the same weights, exactly)."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     consumers = graph_consumers(g)
@@ -243,12 +248,14 @@ def signed_weights(model) -> int:
             raise GanqError(f"--activations needs symmetric weights (one zero point, no offset: what integer "
                             f"kernels take per channel); weight {node.output[0].removesuffix('_dq')} has an offset or per-channel zero points: "
                             "use --method symmetric (or gptq / adaround with grid=symmetric)")
+        done += 1
+        if codes.dtype == np.uint8:
+            continue
         z = int(zp.reshape(-1)[0])
         signed = {np.dtype(np.uint8): np.int8, np.dtype(np.uint16): np.int16}.get(codes.dtype, ml_dtypes.int4)
         q = (codes.astype(np.int32) - z).astype(signed)
         inits[node.input[0]].CopyFrom(numpy_helper.from_array(q, node.input[0]))
         inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.zeros(zp.shape, signed), node.input[2]))
-        done += 1
     return done
 
 
@@ -319,13 +326,13 @@ def remove_pairs(model, names: dict[str, str]) -> None:
 def quantize_activations(model, options, calib) -> dict:
     """Quantize `model`'s activations in place (see the module's doc); returns the record for ganq.quant."""
     plan = plan_activations(model, options.keep_float, options.activations, options.act_overrides)
-    n = signed_weights(model)
+    n = integer_weights(model)
     ranges = calibrate_activations(calib, plan.tensors, options.act_calibration, plan.bits,
                                    options.act_symmetric, options.act_percentile)
     insert_qdq(model, ranges, options.act_symmetric)
     rec = {"bits": options.activations, "calibration": options.act_calibration,
            "symmetric": options.act_symmetric, "tensors": len(plan.tensors), "kept_float": list(plan.kept_float),
-           "signed_weights": n, "at_16_bits": [t for t, b in plan.bits.items() if b == 16],
+           "integer_weights": n, "at_16_bits": [t for t, b in plan.bits.items() if b == 16],
            "ranges": {t: [round(r["lo"], 6), round(r["hi"], 6), r["scale"], r["zero_point"], r["bits"]]
                       for t, r in ranges.items()}}
     if options.act_calibration == "percentile":
