@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
-from cases import cases, digest, is_calibrated, isa  # noqa: E402
+from cases import cases, digest, is_calibrated, isa, overrides  # noqa: E402
 
 DIGESTS = json.loads((Path(__file__).parent / "golden" / "digests.json").read_text())
-# the calibrated cases' bytes under this machine's instruction set where they differ from AVX2's (cases.py says why)
+# the calibrated cases' bytes on this CPU (or instruction set) where they differ from digests.json's (cases.py says why)
 ISA = isa()
-OVERRIDES = Path(__file__).parent / "golden" / f"digests.{ISA}.json"
-HERE = {**DIGESTS, **(json.loads(OVERRIDES.read_text()) if OVERRIDES.is_file() else {})}
+OVERRIDES = overrides()
+HERE = {**DIGESTS, **(json.loads(OVERRIDES.read_text()) if OVERRIDES else {})}
 
 
 def test_every_case_has_a_recorded_digest():
@@ -27,7 +27,7 @@ def test_every_case_has_a_recorded_digest():
 def test_files_are_byte_identical_to_the_recorded_ones(model):
     """Every case on AVX2 and AVX-512 machines; elsewhere the round-to-nearest ones (whose bytes no float kernel
     decides), the calibrated ones being recorded for those two instruction sets only."""
-    known = ISA == "avx2" or OVERRIDES.is_file()
+    known = ISA == "avx2" or OVERRIDES is not None
     todo = [(cid, m, kw) for cid, m, kw in cases() if m == model and (known or not is_calibrated(cid))]
     wrong = [cid for cid, m, kw in todo if digest(m, kw) != HERE[cid]]
     assert not wrong, f"{len(wrong)} files changed ({ISA}): {wrong[:8]}"

@@ -5,8 +5,9 @@ only when a change of the files is intended, and say so in the commit.
 The calibrated cases (gptq, adaround: a Hessian, Cholesky factors and layer inputs from onnxruntime) round on float32
 sums whose order the CPU's vector width decides (onnxruntime's MLAS and OpenBLAS pick AVX-512 kernels where the CPU
 has them), so their bytes are those of one instruction set: digests.json was recorded with AVX2, and
-digests.<isa>.json holds the cases that differ under another (`python tests/golden/cases.py --isa`, run with the
-code of the commit that recorded digests.json, writes it for this machine's)."""
+digests.<isa>.json holds the cases that differ under another, digests.<cpu_id>.json those of one CPU model where
+it differs from its instruction set's (`python tests/golden/cases.py --isa`, run with the code of the commit that
+recorded digests.json, writes the instruction set's; rename it to the CPU's where that is what differs)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,27 @@ def isa() -> str:
     if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
         return "avx512"
     return "avx2" if {"avx2", "fma"} <= flags else "other"
+
+
+def cpu_id() -> str:
+    """isa() with the CPU's vendor, family and model (avx2-AuthenticAMD-23-1): the same instruction set does not
+    give the same calibrated bytes on every CPU (an AMD Zen AVX2 CPU differs from the one digests.json was recorded
+    on in the 18 calibrated cases, in no other)."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()[:30] if ":" in line)
+    except OSError:
+        return isa()
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    return "-".join([isa()] + [info.get(k, "?").replace(" ", "") for k in ("vendor_id", "cpu family", "model")])
+
+
+def overrides() -> Path | None:
+    """The digest file for this CPU (digests.<cpu_id>.json), else for its instruction set (digests.<isa>.json)."""
+    for name in (cpu_id(), isa()):
+        p = Path(__file__).with_name(f"digests.{name}.json")
+        if p.is_file():
+            return p
+    return None
 
 
 def is_calibrated(cid: str) -> bool:
