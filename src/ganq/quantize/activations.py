@@ -252,7 +252,7 @@ def integer_weights(model) -> int:
         if codes.dtype == np.uint8:
             continue
         z = int(zp.reshape(-1)[0])
-        signed = {np.dtype(np.uint8): np.int8, np.dtype(np.uint16): np.int16}.get(codes.dtype, ml_dtypes.int4)
+        signed = np.int16 if codes.dtype == np.uint16 else ml_dtypes.int4  # uint8 codes stayed unsigned above
         q = (codes.astype(np.int32) - z).astype(signed)
         inits[node.input[0]].CopyFrom(numpy_helper.from_array(q, node.input[0]))
         inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.zeros(zp.shape, signed), node.input[2]))
