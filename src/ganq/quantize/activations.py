@@ -23,9 +23,9 @@ all values of the first calibration samples up to that count (latents are iid); 
 
 Weights: integer kernels want per-channel weights with one zero point (onnxruntime's QLinearConv: "zero point of
 per-channel filter must be same"), so every weight decoder must be symmetric (offset 0, one zero point: `--method
-symmetric`, or gptq / adaround with grid=symmetric). 8-bit weights keep their uint8 codes and one zero point 128
-(int8 weights saturate in onnxruntime's x86 kernels on CPUs without VNNI: see integer_weights); other widths become
-signed codes with zero point 0 (the same weights, exactly).
+symmetric`, or gptq / adaround with grid=symmetric). Codes in a uint8 container (5 to 8 bits) keep it and their one
+zero point 2^(k-1), 128 at 8 bits (int8 weights saturate in onnxruntime's x86 kernels on CPUs without VNNI: see
+integer_weights); uint4 and uint16 codes become signed ones with zero point 0 (the same weights, exactly).
 """
 
 from __future__ import annotations
@@ -223,11 +223,11 @@ def calibrate_activations(calib, tensors: tuple[str, ...], method: str, bits: di
 
 def integer_weights(model) -> int:
     """Checks that every weight DequantizeLinear is symmetric (one zero point, no offset: one GanqError if not) and
-    readies its codes for integer kernels; returns how many. 8-bit codes stay uint8 with their one zero point
-    2^(k-1): onnxruntime's x86 kernels for int8 weights (U8S8, S8S8) sum pairs of products in int16 and saturate on
+    readies its codes for integer kernels; returns how many. Codes in a uint8 container (5 to 8 bits) stay uint8
+    with their one zero point 2^(k-1): onnxruntime's x86 kernels for int8 weights (U8S8, S8S8) sum pairs of products in int16 and saturate on
     CPUs without VNNI (AVX2, AVX-512 before VNNI), measured on such a CPU as a mean error 30x that of uint8 weights
-    (U8U8, S8U8), which every CPU computes exactly. Other widths become signed codes with zero point 0 of the
-    scale's shape (the same weights, exactly)."""
+    (U8U8, S8U8), which every CPU computes exactly. uint4 and uint16 codes become signed codes with zero point 0 of
+    the scale's shape (the same weights, exactly)."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     consumers = graph_consumers(g)
